@@ -1,0 +1,10 @@
+"""keras-as-softmax: Adaptive Sparse Softmax (AS-Softmax) for Keras 3."""
+
+from keras_as_softmax.as_softmax import ASSoftmaxCrossentropy
+from keras_as_softmax.as_softmax import SparseASSoftmaxCrossentropy
+from keras_as_softmax.as_softmax import as_softmax_crossentropy
+from keras_as_softmax.as_softmax import as_softmax_mask
+from keras_as_softmax.as_softmax import sparse_as_softmax_crossentropy
+from keras_as_softmax.as_softmax import sparse_as_softmax_mask
+
+__version__ = "0.1.0"

@@ -1,0 +1,447 @@
+"""Adaptive Sparse Softmax (AS-Softmax) cross-entropy for single-label targets.
+
+For one sample with logits `z`, target class `t` and `p = softmax(z)`, every
+class `i` with `p_t - p_i > delta` is dropped and the loss is the
+cross-entropy over the classes that remain:
+
+    loss = logsumexp(z over kept classes) - z_t
+
+`delta = 1` keeps every class (plain softmax cross-entropy). A sample whose
+every other class is dropped has loss and gradient 0: it is *masked*.
+Inference is unchanged: the most probable class is never dropped.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_as_softmax._keras_private import get_keras_mask
+from keras_as_softmax._keras_private import reduce_weighted_values
+from keras_as_softmax._keras_private import set_keras_mask
+
+_LOW_PRECISION_DTYPES = ("float16", "bfloat16")
+
+
+def validate_delta(delta):
+    """Checks `delta` and returns it.
+
+    Args:
+        delta: A Python number in `[0, 1]`, or a scalar tensor or
+            `keras.Variable` (whose value is not checked).
+
+    Returns:
+        `delta` as a Python float, or the scalar tensor/variable unchanged.
+    """
+    if isinstance(delta, keras.Variable) or ops.is_tensor(delta):
+        if len(delta.shape) != 0:
+            raise ValueError(
+                "`delta` must be a scalar; received a tensor of shape "
+                f"{tuple(delta.shape)}."
+            )
+        return delta
+    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.number)):
+        raise TypeError(
+            "`delta` must be a number in [0, 1]; received "
+            f"{type(delta).__name__}: {delta!r}."
+        )
+    if not 0.0 <= delta <= 1.0:
+        raise ValueError(
+            "`delta` must be in [0, 1] (1 is plain softmax cross-entropy, "
+            f"smaller values drop more classes); received delta={delta}."
+        )
+    return float(delta)
+
+
+def sparse_as_softmax_crossentropy(
+    y_true, y_pred, delta=0.1, from_logits=True, ignore_class=None, axis=-1
+):
+    """AS-Softmax cross-entropy between integer targets and predictions.
+
+    Args:
+        y_true: Integer class ids, shape `y_pred.shape` without `axis`
+            (a trailing axis of size 1 is also accepted).
+        y_pred: Logits (or probabilities if `from_logits=False`), with the
+            classes along `axis`, e.g. `(B, C)` or `(B, T, C)`.
+        delta: Drop margin in `[0, 1]`; class `i` is dropped when
+            `p_t - p_i > delta`. `1.0` is plain softmax cross-entropy.
+        from_logits: Whether `y_pred` holds logits rather than probabilities.
+        ignore_class: Optional class id (e.g. padding) whose positions get
+            loss 0 and are left out of the mean of `SparseASSoftmaxCrossentropy`.
+        axis: The class axis of `y_pred`.
+
+    Returns:
+        The per-position loss, shape of `y_true`; float32 for float16 or
+        bfloat16 inputs, else the dtype of `y_pred`.
+
+    Example:
+
+    >>> loss = sparse_as_softmax_crossentropy(
+    ...     [1, 2], [[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3]], delta=0.1)
+    >>> # loss ~ [0.0, 3.4741]: the first sample is masked.
+    """
+    delta = validate_delta(delta)
+    targets, logits, valid = _prepare_sparse(
+        y_true, y_pred, from_logits, ignore_class, axis
+    )
+    losses = _as_softmax_loss(targets, logits, delta)
+    if valid is not None:
+        losses = ops.where(valid, losses, 0.0)
+        set_keras_mask(losses, valid)
+    return losses
+
+
+def as_softmax_crossentropy(y_true, y_pred, delta=0.1, from_logits=True, axis=-1):
+    """AS-Softmax cross-entropy between one-hot targets and predictions.
+
+    The target class of each position is `argmax(y_true)`.
+
+    Args:
+        y_true: One-hot targets, same shape as `y_pred`.
+        y_pred: Logits (or probabilities if `from_logits=False`).
+        delta: Drop margin in `[0, 1]`; `1.0` is plain softmax cross-entropy.
+        from_logits: Whether `y_pred` holds logits rather than probabilities.
+        axis: The class axis.
+
+    Returns:
+        The per-position loss, shape of `y_pred` without `axis`.
+
+    Example:
+
+    >>> loss = as_softmax_crossentropy(
+    ...     [[0, 1, 0, 0], [0, 0, 1, 0]],
+    ...     [[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3]], delta=0.1)
+    """
+    delta = validate_delta(delta)
+    targets, logits = _prepare_one_hot(y_true, y_pred, from_logits, axis)
+    return _as_softmax_loss(targets, logits, delta)
+
+
+def sparse_as_softmax_mask(
+    y_true,
+    y_pred,
+    delta=0.1,
+    from_logits=True,
+    ignore_class=None,
+    axis=-1,
+    sample_weight=None,
+    mask=None,
+):
+    """Which classes AS-Softmax keeps, and how many samples it masks.
+
+    A position *counts* unless its target is `ignore_class`, `mask` is
+    False there, or its `sample_weight` is 0. A counted position is *masked*
+    when every class but its target is dropped (its loss and gradient are 0).
+
+    Args:
+        y_true, y_pred, delta, from_logits, ignore_class, axis: As for
+            `sparse_as_softmax_crossentropy`.
+        sample_weight: Optional weights, shape of `y_true` or a prefix of it.
+        mask: Optional boolean Keras mask, shape of `y_true`.
+
+    Returns:
+        A tuple `(keep, num_masked, num_counted)`: the boolean keep mask with
+        the shape of `y_pred` (classes last), and two int32 scalars.
+
+    Example:
+
+    >>> keep, num_masked, num_counted = sparse_as_softmax_mask(
+    ...     [1, 2], [[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3]], delta=0.1)
+    >>> # num_masked == 1, num_counted == 2
+    """
+    delta = validate_delta(delta)
+    targets, logits, valid = _prepare_sparse(
+        y_true, y_pred, from_logits, ignore_class, axis
+    )
+    return _mask_and_counts(targets, logits, delta, valid, sample_weight, mask)
+
+
+def as_softmax_mask(
+    y_true,
+    y_pred,
+    delta=0.1,
+    from_logits=True,
+    axis=-1,
+    sample_weight=None,
+    mask=None,
+):
+    """`sparse_as_softmax_mask` for one-hot targets.
+
+    Returns:
+        A tuple `(keep, num_masked, num_counted)`.
+    """
+    delta = validate_delta(delta)
+    targets, logits = _prepare_one_hot(y_true, y_pred, from_logits, axis)
+    return _mask_and_counts(targets, logits, delta, None, sample_weight, mask)
+
+
+@keras.saving.register_keras_serializable(package="keras_as_softmax")
+class SparseASSoftmaxCrossentropy(keras.losses.Loss):
+    """AS-Softmax cross-entropy for integer targets.
+
+    Unlike Keras's base `Loss`, integer targets are never cast to the loss
+    dtype, so class ids stay exact under float16/bfloat16 policies.
+
+    Args:
+        delta: Drop margin in `[0, 1]`; `1.0` is plain softmax cross-entropy.
+        from_logits: Whether `y_pred` holds logits rather than probabilities.
+        ignore_class: Optional class id whose positions get no loss and are
+            left out of the mean (as in `keras.losses.SparseCategoricalCrossentropy`).
+        axis: The class axis of `y_pred`.
+        reduction: As in `keras.losses.Loss`.
+        name: Name of the loss instance.
+        dtype: Dtype of the loss's computations, as in `keras.losses.Loss`.
+
+    Example:
+
+    >>> model.compile(optimizer="adam",
+    ...               loss=SparseASSoftmaxCrossentropy(delta=0.1))
+    """
+
+    def __init__(
+        self,
+        delta=0.1,
+        from_logits=True,
+        ignore_class=None,
+        axis=-1,
+        reduction="sum_over_batch_size",
+        name="sparse_as_softmax_crossentropy",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.delta = validate_delta(delta)
+        self.from_logits = from_logits
+        self.ignore_class = ignore_class
+        self.axis = axis
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # `keras.losses.Loss.__call__`, except that `y_true` keeps its dtype.
+        in_mask = get_keras_mask(y_pred)
+        with keras.name_scope(self.name):
+            y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+            losses = self.call(y_true, y_pred)
+            out_mask = get_keras_mask(losses)
+            if in_mask is None:
+                mask = out_mask
+            elif out_mask is None:
+                mask = in_mask
+            else:
+                mask = ops.logical_and(in_mask, out_mask)
+            return reduce_weighted_values(
+                losses,
+                sample_weight=sample_weight,
+                mask=mask,
+                reduction=self.reduction,
+                dtype=self.dtype,
+            )
+
+    def call(self, y_true, y_pred):
+        return sparse_as_softmax_crossentropy(
+            y_true,
+            y_pred,
+            delta=self.delta,
+            from_logits=self.from_logits,
+            ignore_class=self.ignore_class,
+            axis=self.axis,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "delta": self.delta,
+            "from_logits": self.from_logits,
+            "ignore_class": self.ignore_class,
+            "axis": self.axis,
+            "dtype": self.dtype,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_as_softmax")
+class ASSoftmaxCrossentropy(keras.losses.Loss):
+    """AS-Softmax cross-entropy for one-hot targets.
+
+    Args:
+        delta: Drop margin in `[0, 1]`; `1.0` is plain softmax cross-entropy.
+        from_logits: Whether `y_pred` holds logits rather than probabilities.
+        axis: The class axis.
+        reduction: As in `keras.losses.Loss`.
+        name: Name of the loss instance.
+        dtype: Dtype of the loss's computations, as in `keras.losses.Loss`.
+
+    Example:
+
+    >>> model.compile(optimizer="adam", loss=ASSoftmaxCrossentropy(delta=0.1))
+    """
+
+    def __init__(
+        self,
+        delta=0.1,
+        from_logits=True,
+        axis=-1,
+        reduction="sum_over_batch_size",
+        name="as_softmax_crossentropy",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.delta = validate_delta(delta)
+        self.from_logits = from_logits
+        self.axis = axis
+
+    def call(self, y_true, y_pred):
+        return as_softmax_crossentropy(
+            y_true,
+            y_pred,
+            delta=self.delta,
+            from_logits=self.from_logits,
+            axis=self.axis,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "delta": self.delta,
+            "from_logits": self.from_logits,
+            "axis": self.axis,
+            "dtype": self.dtype,
+        }
+
+
+def _prepare_sparse(y_true, y_pred, from_logits, ignore_class, axis):
+    """Validates sparse inputs; returns `(targets, logits, valid)`.
+
+    `logits` have classes last and are float32 or wider; `valid` is None
+    without `ignore_class`, else a boolean tensor with the targets' shape.
+    """
+    logits = _class_last_logits(y_pred, from_logits, axis)
+    targets = ops.convert_to_tensor(y_true)
+    if "int" not in keras.backend.standardize_dtype(targets.dtype):
+        raise TypeError(
+            "`y_true` must hold integer class ids; received dtype "
+            f"{keras.backend.standardize_dtype(targets.dtype)}. Cast the "
+            "targets to int32, or use the one-hot `as_softmax_crossentropy`."
+        )
+    if len(targets.shape) == len(logits.shape) and targets.shape[-1] == 1:
+        targets = ops.squeeze(targets, axis=-1)
+    expected = tuple(logits.shape[:-1])
+    if len(targets.shape) != len(expected) or any(
+        t is not None and e is not None and t != e
+        for t, e in zip(targets.shape, expected)
+    ):
+        raise ValueError(
+            "`y_true` must hold one class id per position of `y_pred`, shape "
+            f"{expected}; received y_true.shape={tuple(targets.shape)} and "
+            f"y_pred.shape={tuple(ops.shape(y_pred))}. For one-hot targets "
+            "use `as_softmax_crossentropy`."
+        )
+    _check_class_ids(targets, logits.shape[-1], ignore_class)
+    valid = None
+    if ignore_class is not None:
+        valid = ops.not_equal(targets, ignore_class)
+        targets = ops.where(valid, targets, 0)
+        # Ignored positions may hold anything (even -inf); keep them finite.
+        logits = ops.where(ops.expand_dims(valid, -1), logits, 0.0)
+    return targets, logits, valid
+
+
+def _prepare_one_hot(y_true, y_pred, from_logits, axis):
+    """Validates one-hot inputs; returns `(targets, logits)`."""
+    logits = _class_last_logits(y_pred, from_logits, axis)
+    y_true = ops.convert_to_tensor(y_true)
+    if len(y_true.shape) != len(y_pred.shape) or any(
+        t is not None and p is not None and t != p
+        for t, p in zip(y_true.shape, y_pred.shape)
+    ):
+        raise ValueError(
+            "`y_true` must be one-hot with the shape of `y_pred`; received "
+            f"y_true.shape={tuple(y_true.shape)} and "
+            f"y_pred.shape={tuple(y_pred.shape)}. For integer class ids use "
+            "`sparse_as_softmax_crossentropy`."
+        )
+    targets = ops.argmax(y_true, axis=axis)
+    return targets, logits
+
+
+def _class_last_logits(y_pred, from_logits, axis):
+    """Returns float32-or-wider logits with the class axis last."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    dtype = keras.backend.standardize_dtype(y_pred.dtype)
+    if "float" not in dtype:
+        raise TypeError(
+            f"`y_pred` must be floating point; received dtype {dtype}."
+        )
+    if len(y_pred.shape) < 1:
+        raise ValueError("`y_pred` must have a class axis; received a scalar.")
+    if dtype in _LOW_PRECISION_DTYPES:
+        y_pred = ops.cast(y_pred, "float32")
+    y_pred = ops.moveaxis(y_pred, axis, -1)
+    if from_logits:
+        return y_pred
+    probs = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
+    epsilon = keras.backend.epsilon()
+    return ops.log(ops.clip(probs, epsilon, 1.0 - epsilon))
+
+
+def _check_class_ids(targets, num_classes, ignore_class):
+    """Raises for out-of-range class ids when their values are known now."""
+    if num_classes is None:
+        return
+    try:
+        class_ids = ops.convert_to_numpy(targets)
+    except Exception:  # Traced or symbolic: values unknown until run time.
+        return
+    if ignore_class is not None:
+        class_ids = class_ids[class_ids != ignore_class]
+    out_of_range = class_ids[(class_ids < 0) | (class_ids >= num_classes)]
+    if out_of_range.size:
+        raise ValueError(
+            f"`y_true` holds class id {out_of_range.flat[0]}, outside "
+            f"[0, {num_classes}) for `y_pred` with {num_classes} classes. "
+            "If it marks padding, pass it as `ignore_class`."
+        )
+
+
+def _keep_mask(targets, logits, delta):
+    """Returns `(row_max, exp_logits, target_logit, keep)`.
+
+    With `exp_logits = exp(z - max)` and `S` their sum,
+    `p_t - p_i <= delta  <=>  exp_i >= exp_t - delta * S`, so one exp buffer
+    serves both the mask and the loss. Rounding can only lower
+    `exp_t - delta * S`, so the target is always kept. The mask is a
+    comparison: no gradient flows through it.
+    """
+    row_max = ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True))
+    exp_logits = ops.exp(logits - row_max)
+    sum_exp = ops.sum(exp_logits, axis=-1, keepdims=True)
+    target_index = ops.expand_dims(ops.cast(targets, "int32"), -1)
+    target_exp = ops.take_along_axis(exp_logits, target_index, axis=-1)
+    if not isinstance(delta, float):
+        delta = ops.cast(delta, logits.dtype)
+    keep = ops.greater_equal(exp_logits, target_exp - delta * sum_exp)
+    target_logit = ops.take_along_axis(logits, target_index, axis=-1)
+    return row_max, exp_logits, target_logit, keep
+
+
+def _as_softmax_loss(targets, logits, delta):
+    row_max, exp_logits, target_logit, keep = _keep_mask(targets, logits, delta)
+    # The row maximum is always kept, so the kept sum is at least 1.
+    kept_sum = ops.sum(ops.where(keep, exp_logits, 0.0), axis=-1, keepdims=True)
+    return ops.squeeze(row_max + ops.log(kept_sum) - target_logit, axis=-1)
+
+
+def _mask_and_counts(targets, logits, delta, valid, sample_weight, mask):
+    keep = _keep_mask(targets, logits, delta)[3]
+    counted = ops.ones_like(targets, dtype="bool") if valid is None else valid
+    if mask is not None:
+        counted = ops.logical_and(counted, ops.cast(mask, "bool"))
+    if sample_weight is not None:
+        sample_weight = ops.convert_to_tensor(sample_weight)
+        if len(sample_weight.shape) == len(targets.shape) + 1:
+            sample_weight = ops.squeeze(sample_weight, axis=-1)
+        while len(sample_weight.shape) < len(targets.shape):
+            sample_weight = ops.expand_dims(sample_weight, -1)
+        counted = ops.logical_and(counted, ops.not_equal(sample_weight, 0))
+    # The target is always kept: a sample is masked when nothing else is.
+    only_target_kept = ops.equal(ops.sum(ops.cast(keep, "int32"), axis=-1), 1)
+    masked = ops.logical_and(counted, only_target_kept)
+    num_masked = ops.sum(ops.cast(masked, "int32"))
+    num_counted = ops.sum(ops.cast(counted, "int32"))
+    return keep, num_masked, num_counted
