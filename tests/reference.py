@@ -1,0 +1,70 @@
+"""Independent float64 NumPy references for the AS-Softmax losses.
+
+Written from the definition (paper.md, section 1): probabilities, the keep
+test `p_t - p_i <= delta`, the kept log-sum-exp, and the closed-form
+gradient `softmax over kept - one_hot(t)`.
+"""
+
+import numpy as np
+
+# Keep decisions whose margin |delta - (p_t - p_i)| is below this fraction of
+# p_t + p_i + delta (the size of the numbers compared) are ties that float32
+# rounding may decide either way; either decision is correct.
+TIE_TOLERANCE = 1e-5
+
+
+def softmax(z):
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def sparse_as_softmax(y, z, delta, ignore_class=None, tie_keep=None):
+    """Per-position loss, its gradient, the keep mask and the tie count.
+
+    Args:
+        y: Integer targets, shape `z.shape[:-1]`.
+        z: Logits `(..., C)`.
+        delta: The drop margin.
+        ignore_class: Target id whose positions have loss and gradient 0.
+        tie_keep: Optional boolean `(..., C)` deciding the keep test where
+            it is a tie (see `TIE_TOLERANCE`).
+
+    Returns:
+        `(loss, grad, keep, num_ties)`; `grad` is d(loss)/dz per position.
+    """
+    z = np.asarray(z, np.float64)
+    y = np.asarray(y)
+    valid = np.ones(y.shape, bool) if ignore_class is None else y != ignore_class
+    t = np.where(valid, y, 0)
+    p = softmax(z)
+    p_t = np.take_along_axis(p, t[..., None], axis=-1)
+    margin = delta - (p_t - p)
+    keep = margin >= 0
+    is_target = np.arange(z.shape[-1]) == t[..., None]
+    ties = (np.abs(margin) < TIE_TOLERANCE * (p_t + p + delta)) & ~is_target
+    if tie_keep is not None:
+        keep = np.where(ties, tie_keep, keep)
+    np.put_along_axis(keep, t[..., None], True, axis=-1)
+    kept_z = np.where(keep, z, -np.inf)
+    kept_max = np.max(kept_z, axis=-1, keepdims=True)
+    kept_exp = np.where(keep, np.exp(kept_z - kept_max), 0.0)
+    kept_sum = np.sum(kept_exp, axis=-1, keepdims=True)
+    z_t = np.take_along_axis(z, t[..., None], axis=-1)
+    loss = (kept_max + np.log(kept_sum) - z_t)[..., 0]
+    grad = kept_exp / kept_sum
+    np.put_along_axis(
+        grad, t[..., None], np.take_along_axis(grad, t[..., None], -1) - 1, -1
+    )
+    loss = np.where(valid, loss, 0.0)
+    grad = np.where(valid[..., None], grad, 0.0)
+    num_ties = int(np.sum(ties & valid[..., None]))
+    return loss, grad, keep & valid[..., None], num_ties
+
+
+def softmax_crossentropy(y, z):
+    """Plain sparse softmax cross-entropy per position."""
+    z = np.asarray(z, np.float64)
+    log_p = z - np.max(z, -1, keepdims=True)
+    log_p = log_p - np.log(np.sum(np.exp(log_p), -1, keepdims=True))
+    return -np.take_along_axis(log_p, np.asarray(y)[..., None], -1)[..., 0]
