@@ -18,6 +18,7 @@ from keras import ops
 from keras_as_softmax._keras_private import get_keras_mask
 from keras_as_softmax._keras_private import reduce_weighted_values
 from keras_as_softmax._keras_private import set_keras_mask
+from keras_as_softmax.backend import known_values
 
 _LOW_PRECISION_DTYPES = ("float16", "bfloat16")
 
@@ -382,11 +383,8 @@ def _class_last_logits(y_pred, from_logits, axis):
 
 def _check_class_ids(targets, num_classes, ignore_class):
     """Raises for out-of-range class ids when their values are known now."""
-    if num_classes is None:
-        return
-    try:
-        class_ids = ops.convert_to_numpy(targets)
-    except Exception:  # Traced or symbolic: values unknown until run time.
+    class_ids = known_values(targets)
+    if num_classes is None or class_ids is None:
         return
     if ignore_class is not None:
         class_ids = class_ids[class_ids != ignore_class]
