@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from keras_as_softmax._keras_private import get_keras_mask
+from keras_as_softmax._keras_private import in_symbolic_scope
 from keras_as_softmax._keras_private import reduce_weighted_values
 from keras_as_softmax._keras_private import set_keras_mask
 from keras_as_softmax.backend import known_values
@@ -23,23 +24,33 @@ from keras_as_softmax.backend import known_values
 _LOW_PRECISION_DTYPES = ("float16", "bfloat16")
 
 
-def validate_delta(delta):
+def validate_delta(delta, allow_tensor=True):
     """Checks `delta` and returns it.
 
     Args:
-        delta: A Python number in `[0, 1]`, or a scalar tensor or
-            `keras.Variable` (whose value is not checked).
+        delta: A number in `[0, 1]`; if `allow_tensor`, also a scalar tensor
+            or `keras.Variable`, whose value may be unknown until run time
+            and is therefore clipped to `[0, 1]` instead of checked.
+        allow_tensor: Whether a tensor or variable is accepted.
 
     Returns:
-        `delta` as a Python float, or the scalar tensor/variable unchanged.
+        `delta` as a Python float, or the clipped scalar tensor.
     """
+    if isinstance(delta, np.ndarray) and delta.ndim == 0:
+        delta = delta.item()
     if isinstance(delta, keras.Variable) or ops.is_tensor(delta):
+        if not allow_tensor:
+            raise TypeError(
+                "`delta` of a loss object must be a Python number in [0, 1] "
+                f"(it is saved with the loss's config); received "
+                f"{type(delta).__name__}."
+            )
         if len(delta.shape) != 0:
             raise ValueError(
                 "`delta` must be a scalar; received a tensor of shape "
                 f"{tuple(delta.shape)}."
             )
-        return delta
+        return ops.clip(delta, 0.0, 1.0)
     if isinstance(delta, bool) or not isinstance(delta, (int, float, np.number)):
         raise TypeError(
             "`delta` must be a number in [0, 1]; received "
@@ -105,6 +116,11 @@ def as_softmax_crossentropy(y_true, y_pred, delta=0.1, from_logits=True, axis=-1
 
     Returns:
         The per-position loss, shape of `y_pred` without `axis`.
+
+    Raises:
+        ValueError: If `y_true`'s values are known now (outside a traced
+            function) and some position is not one-hot: AS-Softmax needs a
+            single target class, so soft or smoothed labels are refused.
 
     Example:
 
@@ -209,7 +225,7 @@ class SparseASSoftmaxCrossentropy(keras.losses.Loss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.delta = validate_delta(delta)
+        self.delta = validate_delta(delta, allow_tensor=False)
         self.from_logits = from_logits
         self.ignore_class = ignore_class
         self.axis = axis
@@ -227,6 +243,13 @@ class SparseASSoftmaxCrossentropy(keras.losses.Loss):
                 mask = in_mask
             else:
                 mask = ops.logical_and(in_mask, out_mask)
+            if sample_weight is not None:
+                # Keras's mask handling cannot broadcast (B,) weights over
+                # (B, T) losses; give them the losses' shape first.
+                sample_weight = ops.multiply(
+                    ops.cast(_align_weights(sample_weight, losses), losses.dtype),
+                    ops.ones_like(losses),
+                )
             return reduce_weighted_values(
                 losses,
                 sample_weight=sample_weight,
@@ -283,7 +306,7 @@ class ASSoftmaxCrossentropy(keras.losses.Loss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.delta = validate_delta(delta)
+        self.delta = validate_delta(delta, allow_tensor=False)
         self.from_logits = from_logits
         self.axis = axis
 
@@ -345,6 +368,7 @@ def _prepare_sparse(y_true, y_pred, from_logits, ignore_class, axis):
 
 def _prepare_one_hot(y_true, y_pred, from_logits, axis):
     """Validates one-hot inputs; returns `(targets, logits)`."""
+    y_pred = ops.convert_to_tensor(y_pred)
     logits = _class_last_logits(y_pred, from_logits, axis)
     y_true = ops.convert_to_tensor(y_true)
     if len(y_true.shape) != len(y_pred.shape) or any(
@@ -357,6 +381,7 @@ def _prepare_one_hot(y_true, y_pred, from_logits, axis):
             f"y_pred.shape={tuple(y_pred.shape)}. For integer class ids use "
             "`sparse_as_softmax_crossentropy`."
         )
+    _check_one_hot(y_true, axis)
     targets = ops.argmax(y_true, axis=axis)
     return targets, logits
 
@@ -383,7 +408,7 @@ def _class_last_logits(y_pred, from_logits, axis):
 
 def _check_class_ids(targets, num_classes, ignore_class):
     """Raises for out-of-range class ids when their values are known now."""
-    class_ids = known_values(targets)
+    class_ids = _values_if_known(targets)
     if num_classes is None or class_ids is None:
         return
     if ignore_class is not None:
@@ -395,6 +420,43 @@ def _check_class_ids(targets, num_classes, ignore_class):
             f"[0, {num_classes}) for `y_pred` with {num_classes} classes. "
             "If it marks padding, pass it as `ignore_class`."
         )
+
+
+def _check_one_hot(y_true, axis):
+    """Raises for targets that are not one-hot when their values are known."""
+    values = _values_if_known(y_true)
+    if values is None:
+        return
+    if not (np.isin(values, (0, 1)).all() and (values.sum(axis=axis) == 1).all()):
+        raise ValueError(
+            "`y_true` must be one-hot: a single 1 per position, zeros "
+            "elsewhere. AS-Softmax needs one target class, so soft or "
+            "smoothed labels are not supported; for padded positions use "
+            "integer targets with `sparse_as_softmax_crossentropy` and "
+            "`ignore_class`."
+        )
+
+
+def _values_if_known(x):
+    """`x` as a NumPy array if its values are known now, else None.
+
+    Inside Keras's symbolic build (e.g. the first `fit` on torch) tensors
+    hold placeholder values, so those count as unknown too.
+    """
+    if isinstance(x, keras.KerasTensor) or in_symbolic_scope():
+        return None
+    return known_values(x)
+
+
+def _align_weights(sample_weight, values):
+    """Gives `sample_weight` the rank of `values` (trailing axes of size 1)."""
+    sample_weight = ops.convert_to_tensor(sample_weight)
+    rank = len(values.shape)
+    if len(sample_weight.shape) == rank + 1 and sample_weight.shape[-1] == 1:
+        sample_weight = ops.squeeze(sample_weight, axis=-1)
+    while len(sample_weight.shape) < rank:
+        sample_weight = ops.expand_dims(sample_weight, -1)
+    return sample_weight
 
 
 def _keep_mask(targets, logits, delta):
@@ -431,11 +493,7 @@ def _mask_and_counts(targets, logits, delta, valid, sample_weight, mask):
     if mask is not None:
         counted = ops.logical_and(counted, ops.cast(mask, "bool"))
     if sample_weight is not None:
-        sample_weight = ops.convert_to_tensor(sample_weight)
-        if len(sample_weight.shape) == len(targets.shape) + 1:
-            sample_weight = ops.squeeze(sample_weight, axis=-1)
-        while len(sample_weight.shape) < len(targets.shape):
-            sample_weight = ops.expand_dims(sample_weight, -1)
+        sample_weight = _align_weights(sample_weight, targets)
         counted = ops.logical_and(counted, ops.not_equal(sample_weight, 0))
     # The target is always kept: a sample is masked when nothing else is.
     only_target_kept = ops.equal(ops.sum(ops.cast(keep, "int32"), axis=-1), 1)

@@ -71,9 +71,8 @@ def assert_matches_reference(y, z, delta, ignore_class=None, jit=False):
     np.testing.assert_allclose(
         grad, ref_grad * weights[..., None], rtol=1e-4, atol=1e-6
     )
-    np.testing.assert_array_equal(
-        to_numpy(keep).astype(bool) & ref_keep, ref_keep
-    )
+    valid = np.ones(np.shape(y), bool) if ignore_class is None else y != ignore_class
+    np.testing.assert_array_equal(to_numpy(keep).astype(bool)[valid], ref_keep[valid])
     return ref_keep
 
 
@@ -169,6 +168,30 @@ def test_sample_weight_follows_keras_reduction():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("batch, length", [(4, 6), (6, 6)])
+def test_per_sample_weights_broadcast_over_tokens(batch, length):
+    y, z = random_inputs((batch, length, 7), 3.0, seed=15, ignore_class=-1)
+    weights = np.random.default_rng(3).random(batch).astype("float32")
+    token_weights = np.repeat(weights[:, None], length, axis=1)
+    ref_loss = reference.sparse_as_softmax(y, z, 0.1, ignore_class=-1)[0]
+    valid = y != -1
+    expected = np.sum(ref_loss * token_weights) / valid.sum()
+    loss_fn = SparseASSoftmaxCrossentropy(delta=0.1, ignore_class=-1)
+    for sample_weight in (weights, weights[:, None], token_weights):
+        np.testing.assert_allclose(
+            to_numpy(loss_fn(y, z, sample_weight=sample_weight)), expected,
+            rtol=1e-5,
+        )
+
+
+def test_symbolic_inputs():
+    logits = keras.Input((5,))
+    losses = sparse_as_softmax_crossentropy(keras.Input((), dtype="int32"), logits)
+    assert isinstance(losses, keras.KerasTensor) and tuple(losses.shape) == (None,)
+    losses = as_softmax_crossentropy(keras.Input((5,)), logits)
+    assert isinstance(losses, keras.KerasTensor) and tuple(losses.shape) == (None,)
 
 
 def test_nothing_counted_gives_zero():
@@ -321,11 +344,11 @@ def test_integer_targets_stay_exact_under_low_precision_loss(dtype, label):
     expected = reference.sparse_as_softmax(y, z, 1.0)[0][0]
     loss = SparseASSoftmaxCrossentropy(delta=1.0, dtype=dtype)(y, z)
     np.testing.assert_allclose(to_numpy(loss), expected, rtol=1e-2)
-    # Keras's own loss rounds the class id under that dtype.
-    keras_loss = keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, dtype=dtype
-    )(y, z)
-    assert abs(to_numpy(keras_loss) - expected) > 1.0
+    # The label as that dtype would round it: a different class, far off.
+    rounded_label = int(to_numpy(ops.cast(ops.convert_to_tensor(y), dtype))[0])
+    assert rounded_label != label
+    rounded = reference.sparse_as_softmax([rounded_label], z, 1.0)[0][0]
+    assert abs(rounded - expected) > 1.0
 
 
 def test_negative_infinity_logits():
@@ -365,6 +388,27 @@ def test_bad_delta(delta, error):
         ASSoftmaxCrossentropy(delta=delta)
 
 
+def test_loss_objects_take_numbers_only():
+    for delta in (keras.Variable(0.1), ops.convert_to_tensor(0.1)):
+        with pytest.raises(TypeError, match="must be a Python number"):
+            SparseASSoftmaxCrossentropy(delta=delta)
+        with pytest.raises(TypeError, match="must be a Python number"):
+            ASSoftmaxCrossentropy(delta=delta)
+    assert SparseASSoftmaxCrossentropy(delta=np.array(0.2)).delta == 0.2
+
+
+def test_tensor_delta_is_clipped_to_its_range():
+    y, z = random_inputs((16, 9), 3.0, seed=14)
+    for raw, clipped in ((-1.0, 0.0), (5.0, 1.0)):
+        losses = sparse_as_softmax_crossentropy(
+            y, z, delta=ops.convert_to_tensor(raw)
+        )
+        np.testing.assert_allclose(
+            to_numpy(losses), reference.sparse_as_softmax(y, z, clipped)[0],
+            rtol=1e-5, atol=1e-6,
+        )
+
+
 def test_non_scalar_delta_tensor():
     with pytest.raises(ValueError, match="`delta` must be a scalar"):
         sparse_as_softmax_crossentropy(
@@ -400,6 +444,24 @@ def test_target_shape_mismatch(y_true, y_pred_shape):
         sparse_as_softmax_crossentropy(y_true, y_pred)
     with pytest.raises(ValueError, match="`y_true` must hold one class id"):
         SparseASSoftmaxCrossentropy()(y_true, y_pred)
+
+
+def test_one_hot_from_python_lists():
+    losses = as_softmax_crossentropy(
+        np.eye(4)[EXAMPLE_TARGETS].tolist(), EXAMPLE_LOGITS.tolist(), delta=0.1
+    )
+    np.testing.assert_allclose(to_numpy(losses), [0.0, 3.4741], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "y_true",
+    [[[0.0, 0.9, 0.1, 0.0], [0, 0, 1, 0]], [[0, 0, 0, 0], [0, 0, 1, 0]],
+     [[0, 1, 1, 0], [0, 0, 1, 0]]],
+    ids=["smoothed", "all_zero", "two_ones"],
+)
+def test_targets_that_are_not_one_hot(y_true):
+    with pytest.raises(ValueError, match="`y_true` must be one-hot"):
+        ASSoftmaxCrossentropy()(np.array(y_true, "float32"), EXAMPLE_LOGITS)
 
 
 def test_one_hot_shape_mismatch():

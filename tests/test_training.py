@@ -6,6 +6,7 @@ import pytest
 
 from keras_as_softmax import ASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
+from keras_as_softmax import sparse_as_softmax_mask
 from tests import reference
 
 NUM_CLASSES = 5
@@ -50,6 +51,18 @@ def test_fit_learns(jit_compile, one_hot):
     assert losses[-1] < 0.5 * losses[0]
     accuracy = history["categorical_accuracy" if one_hot else "sparse_categorical_accuracy"]
     assert accuracy[-1] > 0.85
+    # AS-Softmax is at work: most learned samples are now masked, and the
+    # reported loss is the AS loss, well below softmax cross-entropy.
+    logits = model.predict(x, verbose=0)
+    _, num_masked, num_counted = sparse_as_softmax_mask(y, logits, delta=0.1)
+    assert int(num_masked) > 0.3 * int(num_counted)
+    as_loss = reference.sparse_as_softmax(y, logits, 0.1)[0].mean()
+    np.testing.assert_allclose(
+        model.evaluate(x, targets, batch_size=len(x), verbose=0, return_dict=True)["loss"],
+        as_loss,
+        rtol=1e-4, atol=1e-6,
+    )
+    assert as_loss < 0.8 * reference.softmax_crossentropy(y, logits).mean()
 
 
 def token_data(num_samples=64, length=12, vocabulary=30, seed=0):
