@@ -346,10 +346,7 @@ def _prepare_sparse(y_true, y_pred, from_logits, ignore_class, axis):
     if len(targets.shape) == len(logits.shape) and targets.shape[-1] == 1:
         targets = ops.squeeze(targets, axis=-1)
     expected = tuple(logits.shape[:-1])
-    if len(targets.shape) != len(expected) or any(
-        t is not None and e is not None and t != e
-        for t, e in zip(targets.shape, expected)
-    ):
+    if not _shapes_match(targets.shape, expected):
         raise ValueError(
             "`y_true` must hold one class id per position of `y_pred`, shape "
             f"{expected}; received y_true.shape={tuple(targets.shape)} and "
@@ -371,10 +368,7 @@ def _prepare_one_hot(y_true, y_pred, from_logits, axis):
     y_pred = ops.convert_to_tensor(y_pred)
     logits = _class_last_logits(y_pred, from_logits, axis)
     y_true = ops.convert_to_tensor(y_true)
-    if len(y_true.shape) != len(y_pred.shape) or any(
-        t is not None and p is not None and t != p
-        for t, p in zip(y_true.shape, y_pred.shape)
-    ):
+    if not _shapes_match(y_true.shape, y_pred.shape):
         raise ValueError(
             "`y_true` must be one-hot with the shape of `y_pred`; received "
             f"y_true.shape={tuple(y_true.shape)} and "
@@ -384,6 +378,13 @@ def _prepare_one_hot(y_true, y_pred, from_logits, axis):
     _check_one_hot(y_true, axis)
     targets = ops.argmax(y_true, axis=axis)
     return targets, logits
+
+
+def _shapes_match(shape, other):
+    """Whether two static shapes agree (unknown dimensions match anything)."""
+    return len(shape) == len(other) and all(
+        a is None or b is None or a == b for a, b in zip(shape, other)
+    )
 
 
 def _class_last_logits(y_pred, from_logits, axis):

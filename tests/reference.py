@@ -68,3 +68,51 @@ def softmax_crossentropy(y, z):
     log_p = z - np.max(z, -1, keepdims=True)
     log_p = log_p - np.log(np.sum(np.exp(log_p), -1, keepdims=True))
     return -np.take_along_axis(log_p, np.asarray(y)[..., None], -1)[..., 0]
+
+
+def _logsumexp_with_zero(x, keep):
+    """log(1 + sum(exp(x) where keep)) per row, and its gradient in x."""
+    kept = np.where(keep, x, -np.inf)
+    shift = np.maximum(np.max(kept, axis=-1, keepdims=True), 0.0)
+    exps = np.where(keep, np.exp(kept - shift), 0.0)
+    total = np.exp(-shift) + np.sum(exps, axis=-1, keepdims=True)
+    return (shift + np.log(total))[..., 0], exps / total
+
+
+def multilabel_as_softmax(y, s, delta, tie_keep=None):
+    """Multi-label AS-Softmax (paper.md section 2 and "Our decisions").
+
+    Returns:
+        `(loss, grad, keep, num_ties)` as for `sparse_as_softmax`; `keep`
+        marks the kept terms (negatives and positives together).
+    """
+    s = np.asarray(s, np.float64)
+    positive = np.asarray(y) > 0.5
+    negative = ~positive
+    p = softmax(s)
+    min_positive = np.min(np.where(positive, p, np.inf), -1, keepdims=True)
+    max_negative = np.max(np.where(negative, p, -np.inf), -1, keepdims=True)
+    negative_margin = delta - (min_positive - p)
+    positive_margin = delta - (p - max_negative)
+    has_positive = positive.any(-1, keepdims=True)
+    has_negative = negative.any(-1, keepdims=True)
+    keep_negative = negative & ((negative_margin >= 0) | ~has_positive)
+    keep_positive = positive & ((positive_margin >= 0) | ~has_negative)
+    ties = (
+        negative & has_positive
+        & (np.abs(negative_margin) < TIE_TOLERANCE * (min_positive + p + delta))
+    ) | (
+        positive & has_negative
+        & (np.abs(positive_margin) < TIE_TOLERANCE * (max_negative + p + delta))
+    )
+    if tie_keep is not None:
+        keep_negative = np.where(ties, tie_keep & negative, keep_negative)
+        keep_positive = np.where(ties, tie_keep & positive, keep_positive)
+    negative_loss, negative_grad = _logsumexp_with_zero(s, keep_negative)
+    positive_loss, positive_grad = _logsumexp_with_zero(-s, keep_positive)
+    return (
+        negative_loss + positive_loss,
+        negative_grad - positive_grad,
+        keep_negative | keep_positive,
+        int(ties.sum()),
+    )

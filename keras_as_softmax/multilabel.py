@@ -1,0 +1,202 @@
+"""Multi-label AS-Softmax cross-entropy.
+
+The base loss is the multi-label categorical cross-entropy with decision
+threshold 0 on the logits `s`, for positive labels `P` and negatives `N`:
+
+    loss = log(1 + sum_{i in N} exp(s_i)) + log(1 + sum_{j in P} exp(-s_j))
+
+AS-Softmax drops the terms the model already separates. With one softmax
+`p = softmax(s)` across the labels (float32, no gradient), a negative `i` is
+kept iff `min_{j in P} p_j - p_i <= delta` and a positive `j` is kept iff
+`p_j - max_{i in N} p_i <= delta`. A sample with no positive keeps all its
+negatives and one with no negative keeps all its positives, so `delta = 1`
+is exactly the plain loss. A sample whose every term is dropped is *masked*.
+Predict a label where its logit is above 0.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_as_softmax.as_softmax import _align_weights
+from keras_as_softmax.as_softmax import _class_last_logits
+from keras_as_softmax.as_softmax import _shapes_match
+from keras_as_softmax.as_softmax import validate_delta
+
+
+def multilabel_as_softmax_crossentropy(y_true, y_pred, delta=0.1, from_logits=True):
+    """Multi-label AS-Softmax cross-entropy.
+
+    Args:
+        y_true: Multi-hot targets (1 for a positive label), shape of `y_pred`.
+        y_pred: Logits (or sigmoid probabilities if `from_logits=False`),
+            labels last: `(B, C)` or per token `(B, T, C)`.
+        delta: Drop margin in `[0, 1]`; `1.0` is the plain multi-label loss.
+        from_logits: Whether `y_pred` holds logits rather than probabilities.
+
+    Returns:
+        The per-sample loss, shape of `y_pred` without the label axis;
+        float32 for float16 or bfloat16 inputs, else the dtype of `y_pred`.
+
+    Example:
+
+    >>> loss = multilabel_as_softmax_crossentropy(
+    ...     [[1, 1, 0, 0], [0, 1, 1, 0]],
+    ...     [[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3]], delta=0.1)
+    >>> # loss ~ [1.5765, 3.1894]
+    """
+    delta = validate_delta(delta)
+    positive, logits = _prepare(y_true, y_pred, from_logits)
+    keep_negative, keep_positive = _keep_masks(positive, logits, delta)
+    return _logsumexp_with_zero(logits, keep_negative) + _logsumexp_with_zero(
+        -logits, keep_positive
+    )
+
+
+def multilabel_as_softmax_mask(
+    y_true, y_pred, delta=0.1, from_logits=True, sample_weight=None, mask=None
+):
+    """Which label terms multi-label AS-Softmax keeps, and how many samples it masks.
+
+    A sample *counts* unless `mask` is False there or its `sample_weight`
+    is 0; a counted sample is *masked* when every one of its terms is
+    dropped (its loss and gradient are 0).
+
+    Args:
+        y_true, y_pred, delta, from_logits: As for
+            `multilabel_as_softmax_crossentropy`.
+        sample_weight: Optional weights, shape of `y_pred` without the label
+            axis, or a prefix of it.
+        mask: Optional boolean Keras mask, shape of `y_pred` without the
+            label axis.
+
+    Returns:
+        A tuple `(keep, num_masked, num_counted)`: the boolean mask of kept
+        terms with the shape of `y_pred`, and two int32 scalars.
+    """
+    delta = validate_delta(delta)
+    positive, logits = _prepare(y_true, y_pred, from_logits)
+    keep_negative, keep_positive = _keep_masks(positive, logits, delta)
+    keep = ops.logical_or(keep_negative, keep_positive)
+    counted = ops.ones_like(logits[..., 0], dtype="bool")
+    if mask is not None:
+        counted = ops.logical_and(counted, ops.cast(mask, "bool"))
+    if sample_weight is not None:
+        sample_weight = _align_weights(sample_weight, counted)
+        counted = ops.logical_and(counted, ops.not_equal(sample_weight, 0))
+    masked = ops.logical_and(counted, ops.logical_not(ops.any(keep, axis=-1)))
+    return (
+        keep,
+        ops.sum(ops.cast(masked, "int32")),
+        ops.sum(ops.cast(counted, "int32")),
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_as_softmax")
+class MultiLabelASSoftmaxCrossentropy(keras.losses.Loss):
+    """Multi-label AS-Softmax cross-entropy.
+
+    Args:
+        delta: Drop margin in `[0, 1]`; `1.0` is the plain multi-label loss.
+        from_logits: Whether `y_pred` holds logits rather than sigmoid
+            probabilities.
+        reduction: As in `keras.losses.Loss`.
+        name: Name of the loss instance.
+        dtype: Dtype of the loss's computations, as in `keras.losses.Loss`.
+
+    Example:
+
+    >>> model.compile(optimizer="adam",
+    ...               loss=MultiLabelASSoftmaxCrossentropy(delta=0.1))
+    """
+
+    def __init__(
+        self,
+        delta=0.1,
+        from_logits=True,
+        reduction="sum_over_batch_size",
+        name="multilabel_as_softmax_crossentropy",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.delta = validate_delta(delta, allow_tensor=False)
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        return multilabel_as_softmax_crossentropy(
+            y_true, y_pred, delta=self.delta, from_logits=self.from_logits
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "delta": self.delta,
+            "from_logits": self.from_logits,
+            "dtype": self.dtype,
+        }
+
+
+def _prepare(y_true, y_pred, from_logits):
+    """Validates inputs; returns `(positive, logits)`, labels last."""
+    y_true = ops.convert_to_tensor(y_true)
+    logits = _class_last_logits(y_pred, from_logits=True, axis=-1)
+    if not _shapes_match(y_true.shape, logits.shape):
+        raise ValueError(
+            "`y_true` must be multi-hot with the shape of `y_pred`; received "
+            f"y_true.shape={tuple(y_true.shape)} and "
+            f"y_pred.shape={tuple(logits.shape)}."
+        )
+    if not from_logits:
+        epsilon = keras.backend.epsilon()
+        probs = ops.clip(logits, epsilon, 1.0 - epsilon)
+        logits = ops.log(probs) - ops.log1p(-probs)
+    return ops.greater(y_true, 0.5), logits
+
+
+def _keep_masks(positive, logits, delta):
+    """Returns the boolean masks `(keep_negative, keep_positive)`.
+
+    The probability tests are made on `e = exp(s - max)`, which is `p`
+    times the softmax sum `S`: `p_a - p_b <= delta <=> e_a - e_b <= delta*S`.
+    """
+    negative = ops.logical_not(positive)
+    row_max = ops.max(logits, axis=-1, keepdims=True)
+    exp_logits = ops.stop_gradient(ops.exp(logits - row_max))
+    margin = delta * ops.sum(exp_logits, axis=-1, keepdims=True)
+    if not isinstance(delta, float):
+        margin = ops.cast(margin, logits.dtype)
+    has_positive = ops.any(positive, axis=-1, keepdims=True)
+    has_negative = ops.any(negative, axis=-1, keepdims=True)
+    min_positive = ops.min(
+        ops.where(positive, exp_logits, np.inf), axis=-1, keepdims=True
+    )
+    max_negative = ops.max(
+        ops.where(negative, exp_logits, -1.0), axis=-1, keepdims=True
+    )
+    keep_negative = ops.logical_and(
+        negative,
+        ops.logical_or(
+            ops.logical_not(has_positive),
+            ops.less_equal(min_positive - exp_logits, margin),
+        ),
+    )
+    keep_positive = ops.logical_and(
+        positive,
+        ops.logical_or(
+            ops.logical_not(has_negative),
+            ops.less_equal(exp_logits - max_negative, margin),
+        ),
+    )
+    return keep_negative, keep_positive
+
+
+def _logsumexp_with_zero(values, keep):
+    """`log(1 + sum(exp(values) where keep))` along the last axis, stably."""
+    kept = ops.where(keep, values, -np.inf)
+    shift = ops.stop_gradient(
+        ops.maximum(ops.max(ops.where(keep, values, 0.0), axis=-1), 0.0)
+    )
+    total = ops.exp(-shift) + ops.sum(
+        ops.exp(kept - ops.expand_dims(shift, -1)), axis=-1
+    )
+    return shift + ops.log(total)
