@@ -1,8 +1,8 @@
 """Every private Keras symbol this package uses, in one place.
 
-Keras keeps tensor masks, loss reduction and its symbolic-build scope (in
-which tensors hold placeholder values) out of its public API. This package
-needs all three, so a Keras upgrade that moves them breaks here
+Keras keeps tensor masks, loss reduction, its symbolic-build scope (in
+which tensors hold placeholder values) and the untracking of a layer's
+attributes out of its public API. This package needs all four, so a Keras upgrade that moves them breaks here
 and nowhere else.
 """
 
@@ -11,9 +11,17 @@ from keras.src.backend.common.masking import set_keras_mask
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 from keras.src.losses.loss import reduce_weighted_values
 
+
+def untrack(layer, value):
+    """Stops `layer` tracking `value` (e.g. a metric), as `__delattr__` does
+    for variables only."""
+    layer._tracker.untrack(value)
+
+
 __all__ = [
     "get_keras_mask",
     "in_symbolic_scope",
     "reduce_weighted_values",
     "set_keras_mask",
+    "untrack",
 ]

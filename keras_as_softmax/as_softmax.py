@@ -191,8 +191,37 @@ def as_softmax_mask(
     return _mask_and_counts(targets, logits, delta, None, sample_weight, mask)
 
 
+class ASLoss(keras.losses.Loss):
+    """Base class of the AS-Softmax losses: owns `delta`.
+
+    `delta` is a Python number, saved with the config. While a
+    `DeltaWarmup` callback trains the model it points the loss at a variable
+    that the model carries (`delta_variable`), so that a changing delta
+    reaches compiled training steps; `current_delta` is whichever is in use.
+
+    Args:
+        delta: Drop margin in `[0, 1]`.
+        reduction, name, dtype: As in `keras.losses.Loss`.
+    """
+
+    def __init__(self, delta, reduction, name, dtype):
+        super().__init__(reduction=reduction, name=name, dtype=dtype)
+        self.delta = validate_delta(delta, allow_tensor=False)
+        self.delta_variable = None
+
+    @property
+    def current_delta(self):
+        """The delta in use: `delta_variable` when set, else `delta`."""
+        if self.delta_variable is None:
+            return self.delta
+        return self.delta_variable
+
+    def get_config(self):
+        return {**super().get_config(), "delta": self.delta, "dtype": self.dtype}
+
+
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
-class SparseASSoftmaxCrossentropy(keras.losses.Loss):
+class SparseASSoftmaxCrossentropy(ASLoss):
     """AS-Softmax cross-entropy for integer targets.
 
     Unlike Keras's base `Loss`, integer targets are never cast to the loss
@@ -224,8 +253,7 @@ class SparseASSoftmaxCrossentropy(keras.losses.Loss):
         name="sparse_as_softmax_crossentropy",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.delta = validate_delta(delta, allow_tensor=False)
+        super().__init__(delta, reduction=reduction, name=name, dtype=dtype)
         self.from_logits = from_logits
         self.ignore_class = ignore_class
         self.axis = axis
@@ -262,7 +290,7 @@ class SparseASSoftmaxCrossentropy(keras.losses.Loss):
         return sparse_as_softmax_crossentropy(
             y_true,
             y_pred,
-            delta=self.delta,
+            delta=self.current_delta,
             from_logits=self.from_logits,
             ignore_class=self.ignore_class,
             axis=self.axis,
@@ -271,16 +299,14 @@ class SparseASSoftmaxCrossentropy(keras.losses.Loss):
     def get_config(self):
         return {
             **super().get_config(),
-            "delta": self.delta,
             "from_logits": self.from_logits,
             "ignore_class": self.ignore_class,
             "axis": self.axis,
-            "dtype": self.dtype,
         }
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
-class ASSoftmaxCrossentropy(keras.losses.Loss):
+class ASSoftmaxCrossentropy(ASLoss):
     """AS-Softmax cross-entropy for one-hot targets.
 
     Args:
@@ -305,8 +331,7 @@ class ASSoftmaxCrossentropy(keras.losses.Loss):
         name="as_softmax_crossentropy",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.delta = validate_delta(delta, allow_tensor=False)
+        super().__init__(delta, reduction=reduction, name=name, dtype=dtype)
         self.from_logits = from_logits
         self.axis = axis
 
@@ -314,7 +339,7 @@ class ASSoftmaxCrossentropy(keras.losses.Loss):
         return as_softmax_crossentropy(
             y_true,
             y_pred,
-            delta=self.delta,
+            delta=self.current_delta,
             from_logits=self.from_logits,
             axis=self.axis,
         )
@@ -322,10 +347,8 @@ class ASSoftmaxCrossentropy(keras.losses.Loss):
     def get_config(self):
         return {
             **super().get_config(),
-            "delta": self.delta,
             "from_logits": self.from_logits,
             "axis": self.axis,
-            "dtype": self.dtype,
         }
 
 

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import _align_weights
 from keras_as_softmax.as_softmax import _class_last_logits
 from keras_as_softmax.as_softmax import _shapes_match
@@ -93,7 +94,7 @@ def multilabel_as_softmax_mask(
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
-class MultiLabelASSoftmaxCrossentropy(keras.losses.Loss):
+class MultiLabelASSoftmaxCrossentropy(ASLoss):
     """Multi-label AS-Softmax cross-entropy.
 
     Args:
@@ -118,21 +119,18 @@ class MultiLabelASSoftmaxCrossentropy(keras.losses.Loss):
         name="multilabel_as_softmax_crossentropy",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.delta = validate_delta(delta, allow_tensor=False)
+        super().__init__(delta, reduction=reduction, name=name, dtype=dtype)
         self.from_logits = from_logits
 
     def call(self, y_true, y_pred):
         return multilabel_as_softmax_crossentropy(
-            y_true, y_pred, delta=self.delta, from_logits=self.from_logits
+            y_true, y_pred, delta=self.current_delta, from_logits=self.from_logits
         )
 
     def get_config(self):
         return {
             **super().get_config(),
-            "delta": self.delta,
             "from_logits": self.from_logits,
-            "dtype": self.dtype,
         }
 
 
