@@ -85,6 +85,7 @@ class DeltaWarmup(keras.callbacks.Callback):
                 f"{model.loss!r}."
             )
         self._total_steps = self._resolve_warmup_steps()
+        self._batches_seen = 0
         for loss in losses:
             name = "as_softmax_delta" if len(losses) == 1 else f"{loss.name}_delta"
             tracker = _DeltaTracker(self.initial_delta, name=name)
