@@ -2,8 +2,8 @@
 
 Keras keeps tensor masks, loss reduction, its symbolic-build scope (in
 which tensors hold placeholder values) and the untracking of a layer's
-attributes out of its public API. This package needs all four, so a Keras upgrade that moves them breaks here
-and nowhere else.
+attributes out of its public API. This package needs all four, so a Keras
+upgrade that moves them breaks here and nowhere else.
 """
 
 from keras.src.backend.common.masking import get_keras_mask

@@ -199,6 +199,10 @@ class ASLoss(keras.losses.Loss):
     that the model carries (`delta_variable`), so that a changing delta
     reaches compiled training steps; `current_delta` is whichever is in use.
 
+    Unlike Keras's base `Loss`, `y_true` is never cast to the loss dtype (so
+    class ids stay exact under float16/bfloat16), and per-sample weights
+    `(B,)` broadcast over per-token losses `(B, T)` even with a Keras mask.
+
     Args:
         delta: Drop margin in `[0, 1]`.
         reduction, name, dtype: As in `keras.losses.Loss`.
@@ -218,6 +222,34 @@ class ASLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "delta": self.delta, "dtype": self.dtype}
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # `keras.losses.Loss.__call__`, except that `y_true` keeps its dtype.
+        in_mask = get_keras_mask(y_pred)
+        with keras.name_scope(self.name):
+            y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+            losses = self.call(y_true, y_pred)
+            out_mask = get_keras_mask(losses)
+            if in_mask is None:
+                mask = out_mask
+            elif out_mask is None:
+                mask = in_mask
+            else:
+                mask = ops.logical_and(in_mask, out_mask)
+            if sample_weight is not None:
+                # Keras's mask handling cannot broadcast (B,) weights over
+                # (B, T) losses; give them the losses' shape first.
+                sample_weight = ops.multiply(
+                    ops.cast(_align_weights(sample_weight, losses), losses.dtype),
+                    ops.ones_like(losses),
+                )
+            return reduce_weighted_values(
+                losses,
+                sample_weight=sample_weight,
+                mask=mask,
+                reduction=self.reduction,
+                dtype=self.dtype,
+            )
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
@@ -257,34 +289,6 @@ class SparseASSoftmaxCrossentropy(ASLoss):
         self.from_logits = from_logits
         self.ignore_class = ignore_class
         self.axis = axis
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        # `keras.losses.Loss.__call__`, except that `y_true` keeps its dtype.
-        in_mask = get_keras_mask(y_pred)
-        with keras.name_scope(self.name):
-            y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
-            losses = self.call(y_true, y_pred)
-            out_mask = get_keras_mask(losses)
-            if in_mask is None:
-                mask = out_mask
-            elif out_mask is None:
-                mask = in_mask
-            else:
-                mask = ops.logical_and(in_mask, out_mask)
-            if sample_weight is not None:
-                # Keras's mask handling cannot broadcast (B,) weights over
-                # (B, T) losses; give them the losses' shape first.
-                sample_weight = ops.multiply(
-                    ops.cast(_align_weights(sample_weight, losses), losses.dtype),
-                    ops.ones_like(losses),
-                )
-            return reduce_weighted_values(
-                losses,
-                sample_weight=sample_weight,
-                mask=mask,
-                reduction=self.reduction,
-                dtype=self.dtype,
-            )
 
     def call(self, y_true, y_pred):
         return sparse_as_softmax_crossentropy(

@@ -8,6 +8,7 @@ from keras import ops
 from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax import multilabel_as_softmax_crossentropy
 from keras_as_softmax import multilabel_as_softmax_mask
+from keras_as_softmax._keras_private import set_keras_mask
 from tests import reference
 from tests.backend_utils import value_and_grad
 from tests.test_as_softmax import to_numpy
@@ -201,6 +202,20 @@ def test_sample_weight_and_reduction():
     np.testing.assert_allclose(to_numpy(loss), np.sum(ref_loss * weights) / 12, rtol=1e-5)
     loss = MultiLabelASSoftmaxCrossentropy(delta=0.1, reduction="sum")(y, s)
     np.testing.assert_allclose(to_numpy(loss), ref_loss.sum(), rtol=1e-5)
+
+
+def test_per_sample_weights_broadcast_over_tokens_with_a_mask():
+    y, s = random_multilabel((4, 6, 5), 2.0, seed=10)
+    weights = np.random.default_rng(1).random(4).astype("float32")
+    valid = np.random.default_rng(2).random((4, 6)) < 0.7
+    logits = ops.convert_to_tensor(s)
+    set_keras_mask(logits, ops.convert_to_tensor(valid))
+    loss = MultiLabelASSoftmaxCrossentropy(delta=0.1)(y, logits, sample_weight=weights)
+    ref_loss = reference.multilabel_as_softmax(y, s, 0.1)[0]
+    np.testing.assert_allclose(
+        to_numpy(loss), np.sum(ref_loss * weights[:, None] * valid) / valid.sum(),
+        rtol=1e-5,
+    )
 
 
 def test_bad_input():
