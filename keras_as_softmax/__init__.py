@@ -6,6 +6,8 @@ from keras_as_softmax.as_softmax import as_softmax_crossentropy
 from keras_as_softmax.as_softmax import as_softmax_mask
 from keras_as_softmax.as_softmax import sparse_as_softmax_crossentropy
 from keras_as_softmax.as_softmax import sparse_as_softmax_mask
+from keras_as_softmax.as_speed import AdaptiveModel
+from keras_as_softmax.as_speed import AdaptiveSequential
 from keras_as_softmax.multilabel import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax.multilabel import multilabel_as_softmax_crossentropy
 from keras_as_softmax.multilabel import multilabel_as_softmax_mask

@@ -2,7 +2,8 @@
 
 Keras keeps tensor masks, loss reduction, its symbolic-build scope (in
 which tensors hold placeholder values) and the untracking of a layer's
-attributes out of its public API. This package needs all four, so a Keras
+attributes out of its public API. This package needs all four (and, for its
+TensorFlow training step, the loss unscaling of `tf.distribute`), so a Keras
 upgrade that moves them breaks here and nowhere else.
 """
 
@@ -10,6 +11,7 @@ from keras.src.backend.common.masking import get_keras_mask
 from keras.src.backend.common.masking import set_keras_mask
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 from keras.src.losses.loss import reduce_weighted_values
+from keras.src.losses.loss import unscale_loss_for_distribution
 
 
 def untrack(layer, value):
@@ -23,5 +25,6 @@ __all__ = [
     "in_symbolic_scope",
     "reduce_weighted_values",
     "set_keras_mask",
+    "unscale_loss_for_distribution",
     "untrack",
 ]

@@ -223,6 +223,26 @@ class ASLoss(keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "delta": self.delta, "dtype": self.dtype}
 
+    def masked_counts(self, y_true, y_pred, sample_weight=None):
+        """How many samples of a batch this loss masks, as `AdaptiveModel` needs.
+
+        Args:
+            y_true, y_pred: A batch as this loss is called with; a Keras mask
+                on `y_pred` leaves positions out.
+            sample_weight: Optional weights; weight-0 positions do not count.
+
+        Returns:
+            A tuple of int32 scalars `(num_masked, num_counted)`.
+        """
+        mask = get_keras_mask(y_pred)
+        y_pred = ops.stop_gradient(ops.convert_to_tensor(y_pred))
+        _, num_masked, num_counted = self.mask(y_true, y_pred, sample_weight, mask)
+        return num_masked, num_counted
+
+    def mask(self, y_true, y_pred, sample_weight, mask):
+        """Returns `(keep, num_masked, num_counted)` with this loss's settings."""
+        raise NotImplementedError
+
     def __call__(self, y_true, y_pred, sample_weight=None):
         # `keras.losses.Loss.__call__`, except that `y_true` keeps its dtype.
         in_mask = get_keras_mask(y_pred)
@@ -300,6 +320,18 @@ class SparseASSoftmaxCrossentropy(ASLoss):
             axis=self.axis,
         )
 
+    def mask(self, y_true, y_pred, sample_weight, mask):
+        return sparse_as_softmax_mask(
+            y_true,
+            y_pred,
+            delta=self.current_delta,
+            from_logits=self.from_logits,
+            ignore_class=self.ignore_class,
+            axis=self.axis,
+            sample_weight=sample_weight,
+            mask=mask,
+        )
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -346,6 +378,17 @@ class ASSoftmaxCrossentropy(ASLoss):
             delta=self.current_delta,
             from_logits=self.from_logits,
             axis=self.axis,
+        )
+
+    def mask(self, y_true, y_pred, sample_weight, mask):
+        return as_softmax_mask(
+            y_true,
+            y_pred,
+            delta=self.current_delta,
+            from_logits=self.from_logits,
+            axis=self.axis,
+            sample_weight=sample_weight,
+            mask=mask,
         )
 
     def get_config(self):

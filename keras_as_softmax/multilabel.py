@@ -127,6 +127,16 @@ class MultiLabelASSoftmaxCrossentropy(ASLoss):
             y_true, y_pred, delta=self.current_delta, from_logits=self.from_logits
         )
 
+    def mask(self, y_true, y_pred, sample_weight, mask):
+        return multilabel_as_softmax_mask(
+            y_true,
+            y_pred,
+            delta=self.current_delta,
+            from_logits=self.from_logits,
+            sample_weight=sample_weight,
+            mask=mask,
+        )
+
     def get_config(self):
         return {
             **super().get_config(),

@@ -1,6 +1,9 @@
 """JAX-specific code."""
 
+import contextlib
+
 import jax
+import keras
 import numpy as np
 
 
@@ -9,3 +12,83 @@ def known_values(x):
     if isinstance(x, jax.core.Tracer):
         return None
     return np.asarray(x)
+
+
+def sum_across_replicas(x):
+    """`x` summed over data-parallel replicas: JAX arrays are already global."""
+    return x
+
+
+class AdaptiveTrainer:
+    """AS-Speed's training step for the JAX trainer.
+
+    Stateless, as Keras's JAX `train_step`: the accumulators and counters are
+    metric variables of the model, read from and returned in `state`, and
+    `lax.cond` chooses between an optimizer update and accumulation.
+    """
+
+    def train_step(self, state, data):
+        trainable, non_trainable, optimizer_state, metrics_state = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        grad_fn = jax.value_and_grad(self.compute_loss_and_updates, has_aux=True)
+        (_, aux), grads = grad_fn(
+            trainable,
+            non_trainable,
+            metrics_state,
+            x,
+            y,
+            sample_weight,
+            training=True,
+            optimizer_variables=optimizer_state,
+        )
+        unscaled_loss, y_pred, non_trainable, metrics_state = aux
+
+        accumulator = self.gradient_accumulator
+        metrics_state = list(metrics_state)
+        position = {id(v): i for i, v in enumerate(self.metrics_variables)}
+
+        def value(variable):
+            return metrics_state[position[id(variable)]]
+
+        def assign(variable, new_value):
+            metrics_state[position[id(variable)]] = new_value
+
+        micro_step = value(accumulator.micro_step)
+        window, is_update = accumulator.next_window(
+            value(accumulator.window),
+            micro_step,
+            value(accumulator.batch_masked),
+            value(accumulator.batch_counted),
+        )
+        first_batch = micro_step == 0
+        sums = [
+            jax.numpy.where(first_batch, grad, value(total) + grad)
+            for total, grad in zip(accumulator.gradients, grads)
+        ]
+
+        def update(trainable, optimizer_state):
+            mean = [total / window.astype(total.dtype) for total in sums]
+            return self.optimizer.stateless_apply(optimizer_state, mean, trainable)
+
+        def skip(trainable, optimizer_state):
+            return trainable, optimizer_state
+
+        trainable, optimizer_state = jax.lax.cond(
+            is_update, update, skip, trainable, optimizer_state
+        )
+        assign(accumulator.window, window)
+        assign(accumulator.micro_step, jax.numpy.where(is_update, 0, micro_step + 1))
+        assign(accumulator.updates, value(accumulator.updates) + is_update)
+        for total, new_value in zip(accumulator.gradients, sums):
+            assign(total, new_value)
+
+        logs, metrics_state = self._update_metrics_variables(
+            metrics_state, unscaled_loss, x, y, y_pred, sample_weight
+        )
+        return logs, (trainable, non_trainable, optimizer_state, metrics_state)
+
+    def _distribution_scope(self):
+        return contextlib.nullcontext()
+
+    def _run_update(self, update_fn):
+        update_fn()

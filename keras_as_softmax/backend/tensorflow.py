@@ -1,7 +1,12 @@
 """TensorFlow-specific code."""
 
+import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
+from keras import tree
+
+from keras_as_softmax._keras_private import unscale_loss_for_distribution
 
 
 def known_values(x):
@@ -9,3 +14,103 @@ def known_values(x):
     if tf.is_symbolic_tensor(x):
         return None
     return np.asarray(x)
+
+
+def sum_across_replicas(x):
+    """`x` summed over the replicas of a `tf.distribute` strategy."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return x
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
+
+
+class AdaptiveTrainer:
+    """AS-Speed's training step for the TensorFlow trainer.
+
+    As Keras's TensorFlow `train_step`, with `GradientTape`; `ops.cond`
+    chooses between an optimizer update and accumulation, so the step
+    compiles with XLA. Under a `tf.distribute` strategy that needs merge
+    calls (e.g. `MirroredStrategy`) the choice is made in cross-replica
+    context, as Keras's `LossScaleOptimizer` does, because an optimizer update
+    inside a replica-context `cond` fails there.
+    """
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            self._loss_tracker.update_state(
+                unscale_loss_for_distribution(loss),
+                sample_weight=tf.shape(
+                    next(i for i in tree.flatten(x) if i is not None)
+                )[0],
+            )
+            if self.optimizer is not None:
+                loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        # Without a strategy Keras builds the model in this step's first trace.
+        self.gradient_accumulator.build(variables)
+        grads = tape.gradient(loss, variables)
+        grads = [
+            tf.zeros_like(v.value) if g is None else g for v, g in zip(variables, grads)
+        ]
+        self._accumulate_or_update(grads, variables)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _accumulate_or_update(self, grads, variables):
+        accumulator = self.gradient_accumulator
+        micro_step = accumulator.micro_step.value
+        window, is_update = accumulator.next_window(
+            accumulator.window.value,
+            micro_step,
+            accumulator.batch_masked.value,
+            accumulator.batch_counted.value,
+        )
+        accumulator.window.assign(window)
+        first_batch = ops.equal(micro_step, 0)
+        sums = [
+            tf.where(first_batch, grad, total.value + grad)
+            for total, grad in zip(accumulator.gradients, grads)
+        ]
+
+        def update(sums, window):
+            self.optimizer.apply(
+                [total / tf.cast(window, total.dtype) for total in sums], variables
+            )
+            accumulator.micro_step.assign(0)
+            accumulator.updates.assign_add(1)
+
+        def accumulate(sums):
+            for total, new_value in zip(accumulator.gradients, sums):
+                total.assign(new_value)
+            accumulator.micro_step.assign_add(1)
+
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            ops.cond(is_update, lambda: update(sums, window), lambda: accumulate(sums))
+            return
+
+        def cross_replica(strategy, is_update, sums, window):
+            # Every replica saw the same global counts, hence the same choice.
+            is_update = strategy.experimental_local_results(is_update)[0]
+            ops.cond(
+                is_update,
+                lambda: strategy.extended.call_for_each_replica(
+                    update, args=(sums, window)
+                ),
+                lambda: strategy.extended.call_for_each_replica(
+                    accumulate, args=(sums,)
+                ),
+            )
+
+        tf.distribute.get_replica_context().merge_call(
+            cross_replica, args=(is_update, sums, window)
+        )
+
+    def _distribution_scope(self):
+        return self.distribute_strategy.scope()
+
+    def _run_update(self, update_fn):
+        self.distribute_strategy.run(update_fn)

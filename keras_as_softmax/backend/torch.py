@@ -1,6 +1,10 @@
 """PyTorch-specific code."""
 
+import contextlib
+
+import keras
 import torch
+from keras import tree
 
 
 def known_values(x):
@@ -12,3 +16,76 @@ def known_values(x):
     if torch.compiler.is_compiling():
         return None
     return x.detach().cpu().numpy()
+
+
+def sum_across_replicas(x):
+    """`x` summed over replicas: Keras's torch trainer runs on one device."""
+    return x
+
+
+@torch.compiler.disable
+def _is_true(flag):
+    """`bool(flag)`; under `torch.compile` a quiet graph break, not a warning."""
+    return bool(flag)
+
+
+class AdaptiveTrainer:
+    """AS-Speed's training step for the PyTorch trainer.
+
+    As Keras's torch `train_step`, with autograd; it runs eagerly, so the
+    choice between an optimizer update and accumulation is a Python `if`.
+    """
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=True)
+        self.zero_grad()
+        loss = self.compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
+        self._loss_tracker.update_state(
+            loss,
+            sample_weight=next(i for i in tree.flatten(x) if i is not None).shape[0],
+        )
+        if self.optimizer is not None:
+            loss = self.optimizer.scale_loss(loss)
+        loss.backward()
+        variables = self.trainable_variables
+        grads = [
+            torch.zeros_like(v.value) if v.value.grad is None else v.value.grad
+            for v in variables
+        ]
+        with torch.no_grad():
+            self._accumulate_or_update(grads, variables)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _accumulate_or_update(self, grads, variables):
+        accumulator = self.gradient_accumulator
+        micro_step = accumulator.micro_step.value
+        window, is_update = accumulator.next_window(
+            accumulator.window.value,
+            micro_step,
+            accumulator.batch_masked.value,
+            accumulator.batch_counted.value,
+        )
+        accumulator.window.assign(window)
+        first_batch = micro_step == 0
+        sums = [
+            torch.where(first_batch, grad, total.value + grad)
+            for total, grad in zip(accumulator.gradients, grads)
+        ]
+        if _is_true(is_update):
+            self.optimizer.apply([total / window for total in sums], variables)
+            accumulator.micro_step.assign(0)
+            accumulator.updates.assign(accumulator.updates.value + 1)
+        else:
+            for total, new_value in zip(accumulator.gradients, sums):
+                total.assign(new_value)
+            accumulator.micro_step.assign(micro_step + 1)
+
+    def _distribution_scope(self):
+        return contextlib.nullcontext()
+
+    def _run_update(self, update_fn):
+        with torch.no_grad():
+            update_fn()

@@ -1,0 +1,369 @@
+"""AS-Speed: gradient accumulation over a window chosen from the masked ratio.
+
+A batch of `B` counted samples of which `m` are masked by AS-Softmax carries
+the gradient signal of only `B - m` samples. `AdaptiveModel` accumulates the
+gradients of `k` consecutive batches before one optimizer update, so that
+each update again sees about `B` informative samples. At the first batch of
+each window:
+
+    k = max(1, round(accumulation_lambda * B / (B - m)))
+
+then `k` is kept between the current window and one more than it, and at
+most `max_accumulation_steps`; the update uses the mean of the window's batch
+gradients. The training step itself is backend-specific and lives in
+`keras_as_softmax.backend`; this module holds what the backends share.
+"""
+
+import keras
+from keras import ops
+from keras import tree
+
+from keras_as_softmax.as_softmax import ASLoss
+from keras_as_softmax.backend import AdaptiveTrainer
+from keras_as_softmax.backend import sum_across_replicas
+
+
+class AdaptiveModel(AdaptiveTrainer):
+    """A `keras.Model` mixin that trains with AS-Speed.
+
+    Use it before `keras.Model` in the bases of a subclassed model, call it
+    like `keras.Model` with `inputs` and `outputs` for a functional model, or
+    use `AdaptiveSequential`. Compile it with one AS-Softmax loss. `fit` then
+    logs `masked_ratio` (the fraction of counted samples that the loss
+    masks), `accumulation_steps` (the current window) and
+    `optimizer_updates`; a window still open when `fit` ends is applied.
+    `evaluate` and `predict` are unchanged (evaluation logs `masked_ratio`).
+
+    Args:
+        max_accumulation_steps: The largest window, an integer >= 1
+            (1 turns accumulation off).
+        accumulation_lambda: `lambda >= 0` in the window rule; with 1 the
+            window becomes 2 once a third of a batch is masked.
+        *args, **kwargs: Passed on to `keras.Model`.
+
+    Example:
+
+    >>> class Classifier(AdaptiveModel, keras.Model):
+    ...     def __init__(self, **kwargs):
+    ...         super().__init__(**kwargs)
+    ...         self.dense = keras.layers.Dense(10)
+    ...     def call(self, x):
+    ...         return self.dense(x)
+    >>> model = Classifier(max_accumulation_steps=2)
+    >>> model.compile(optimizer="adam", loss=SparseASSoftmaxCrossentropy())
+
+    or `AdaptiveModel(inputs, outputs, max_accumulation_steps=2)`.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is AdaptiveModel:
+            if not (args or "inputs" in kwargs):
+                return object.__new__(cls)  # Keras re-creating the class chain.
+            cls = AdaptiveFunctional
+        return super(AdaptiveModel, cls).__new__(cls, *args, **kwargs)
+
+    def __init__(
+        self, *args, max_accumulation_steps=2, accumulation_lambda=1.0, **kwargs
+    ):
+        if not isinstance(self, keras.Model):
+            raise TypeError(
+                "`AdaptiveModel` is a mixin: subclass it together with "
+                "`keras.Model` (`class MyModel(AdaptiveModel, keras.Model)`), "
+                "call it with `inputs` and `outputs`, or use "
+                "`AdaptiveSequential`."
+            )
+        super().__init__(*args, **kwargs)
+        self.gradient_accumulator = GradientAccumulator(
+            max_accumulation_steps, accumulation_lambda
+        )
+        self.masked_ratio_tracker = keras.metrics.Mean(name="masked_ratio")
+
+    @property
+    def max_accumulation_steps(self):
+        return self.gradient_accumulator.max_accumulation_steps
+
+    @property
+    def accumulation_lambda(self):
+        return self.gradient_accumulator.accumulation_lambda
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "max_accumulation_steps": self.max_accumulation_steps,
+            "accumulation_lambda": self.accumulation_lambda,
+        }
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        loss = super().compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+        as_loss = self._as_softmax_loss()
+        num_masked, num_counted = as_loss.masked_counts(
+            tree.flatten(y)[0], tree.flatten(y_pred)[0], sample_weight
+        )
+        num_masked = sum_across_replicas(num_masked)
+        num_counted = sum_across_replicas(num_counted)
+        self.masked_ratio_tracker.update_state(
+            ops.divide_no_nan(
+                ops.cast(num_masked, "float32"), ops.cast(num_counted, "float32")
+            ),
+            sample_weight=ops.cast(num_counted, "float32"),
+        )
+        if training:
+            self.gradient_accumulator.record_batch(num_masked, num_counted)
+        return loss
+
+    def make_train_function(self, force=False):
+        self._as_softmax_loss()
+        if self.trainable_variables:  # Else TensorFlow builds it in the step.
+            with self._distribution_scope():
+                self.gradient_accumulator.build(self.trainable_variables)
+        return super().make_train_function(force=force)
+
+    def fit(self, *args, **kwargs):
+        history = super().fit(*args, **kwargs)
+        self.apply_accumulated_gradients()
+        return history
+
+    def apply_accumulated_gradients(self):
+        """Applies the open window's mean gradient now, if it holds any.
+
+        `fit` calls this when it ends, so no gradient is left unapplied.
+        """
+        accumulator = self.gradient_accumulator
+        if not accumulator.built or int(accumulator.micro_step.numpy()) == 0:
+            return
+
+        def update():
+            steps = accumulator.micro_step.value
+            self.optimizer.apply(
+                [
+                    total.value / ops.cast(steps, total.dtype)
+                    for total in accumulator.gradients
+                ],
+                self.trainable_variables,
+            )
+            accumulator.micro_step.assign(0)
+            accumulator.updates.assign(accumulator.updates.value + 1)
+
+        self._run_update(update)
+
+    def _as_softmax_loss(self):
+        """The model's AS loss; raises unless it has exactly one, on one output."""
+        losses = tree.flatten(getattr(self, "loss", None))
+        if len(losses) != 1 or not isinstance(losses[0], ASLoss):
+            raise ValueError(
+                "An `AdaptiveModel` must be compiled with a single AS-Softmax "
+                "loss (SparseASSoftmaxCrossentropy, ASSoftmaxCrossentropy or "
+                "MultiLabelASSoftmaxCrossentropy) on a single output: AS-Speed "
+                "sizes its window from that loss's masked samples. Received "
+                f"loss={getattr(self, 'loss', None)!r}."
+            )
+        return losses[0]
+
+
+@keras.saving.register_keras_serializable(package="keras_as_softmax")
+class AdaptiveFunctional(AdaptiveModel, keras.Model):
+    """What `AdaptiveModel(inputs, outputs)` builds: a functional model."""
+
+
+@keras.saving.register_keras_serializable(package="keras_as_softmax")
+class AdaptiveSequential(AdaptiveModel, keras.Sequential):
+    """`keras.Sequential` that trains with AS-Speed.
+
+    Args:
+        layers, trainable, name: As in `keras.Sequential`.
+        max_accumulation_steps, accumulation_lambda: As in `AdaptiveModel`.
+
+    Example:
+
+    >>> model = AdaptiveSequential(
+    ...     [keras.Input((16,)), keras.layers.Dense(10)],
+    ...     max_accumulation_steps=2)
+    """
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        settings = {
+            key: config.pop(key)
+            for key in ("max_accumulation_steps", "accumulation_lambda")
+            if key in config
+        }
+        # `keras.Sequential.from_config` builds the model with its name only.
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.gradient_accumulator.configure(**settings)
+        return model
+
+
+class GradientAccumulator(keras.metrics.Metric):
+    """AS-Speed's training state, owned by an `AdaptiveModel`.
+
+    It holds one gradient accumulator per trainable variable, the current
+    window, the number of batches in the open window, the number of updates,
+    and the last training batch's masked and counted samples. It is a
+    `Metric` so that on JAX its variables travel in the training state, on
+    `tf.distribute` each replica keeps its own accumulators, and its result
+    (`accumulation_steps`, `optimizer_updates`) reaches the logs. Unlike other
+    metrics it keeps its state across epochs (`reset_state` does nothing),
+    and it is saved with the model's weights.
+
+    Args:
+        max_accumulation_steps: The largest window, an integer >= 1.
+        accumulation_lambda: `lambda >= 0` in the window rule.
+        name: Name of the metric.
+    """
+
+    def __init__(
+        self,
+        max_accumulation_steps=2,
+        accumulation_lambda=1.0,
+        name="gradient_accumulator",
+    ):
+        super().__init__(name=name)
+        self.configure(max_accumulation_steps, accumulation_lambda)
+        # Replicas hold equal counters and their own gradient sums; "mean"
+        # reads back the counters, and gradient sums that the optimizer's
+        # cross-replica sum restores.
+        self.window = self._counter("window", initial_value=1)
+        self.micro_step = self._counter("micro_step")
+        self.updates = self._counter("updates")
+        self.batch_masked = self._counter("batch_masked")
+        self.batch_counted = self._counter("batch_counted")
+        self.gradients = []
+        self.built = False
+
+    def configure(self, max_accumulation_steps, accumulation_lambda):
+        """Checks and sets the window rule's settings."""
+        if (
+            isinstance(max_accumulation_steps, bool)
+            or not isinstance(max_accumulation_steps, int)
+            or max_accumulation_steps < 1
+        ):
+            raise ValueError(
+                "`max_accumulation_steps` must be an integer >= 1 (1 turns "
+                "accumulation off; the reference uses 2); received "
+                f"{max_accumulation_steps!r}."
+            )
+        if (
+            isinstance(accumulation_lambda, bool)
+            or not isinstance(accumulation_lambda, (int, float))
+            or not accumulation_lambda >= 0
+        ):
+            raise ValueError(
+                "`accumulation_lambda` must be a number >= 0 (the reference "
+                f"uses 1.0); received {accumulation_lambda!r}."
+            )
+        self.max_accumulation_steps = max_accumulation_steps
+        self.accumulation_lambda = float(accumulation_lambda)
+
+    def _counter(self, name, initial_value=0):
+        return self.add_variable(
+            shape=(),
+            initializer=keras.initializers.Constant(initial_value),
+            dtype="int32",
+            aggregation="mean",
+            name=name,
+        )
+
+    def build(self, trainable_variables):
+        """Creates one accumulator per variable (once; later calls check them)."""
+        shapes = [tuple(v.shape) for v in trainable_variables]
+        if self.built:
+            if shapes != [tuple(g.shape) for g in self.gradients]:
+                raise ValueError(
+                    "The model's trainable variables changed after AS-Speed "
+                    "created its gradient accumulators; their shapes were "
+                    f"{[tuple(g.shape) for g in self.gradients]}, now {shapes}."
+                )
+            return
+        self._create_gradients(shapes, [v.dtype for v in trainable_variables])
+
+    def _create_gradients(self, shapes, dtypes):
+        self.gradients = [
+            self.add_variable(
+                shape=shape,
+                initializer="zeros",
+                dtype=dtype,
+                aggregation="mean",
+                name=f"gradient_{i}",
+            )
+            for i, (shape, dtype) in enumerate(zip(shapes, dtypes))
+        ]
+        self.built = True
+
+    def record_batch(self, num_masked, num_counted):
+        """Stores a training batch's counts for the window rule."""
+        self.batch_masked.assign(ops.cast(num_masked, "int32"))
+        self.batch_counted.assign(ops.cast(num_counted, "int32"))
+
+    def next_window(self, window, micro_step, num_masked, num_counted):
+        """The window rule, on tensors (no Python branching: it runs under jit).
+
+        Args:
+            window, micro_step: The current window and how many batches the
+                open window already holds (0 at the first batch of a window).
+            num_masked, num_counted: This batch's masked and counted samples.
+
+        Returns:
+            `(window, is_update)`: the window this batch belongs to, and
+            whether this batch closes it.
+        """
+        counted = ops.cast(num_counted, "float32")
+        unmasked = counted - ops.cast(num_masked, "float32")
+        proposed = ops.round(
+            self.accumulation_lambda * counted / ops.maximum(unmasked, 1.0)
+        )
+        proposed = ops.where(unmasked > 0, proposed, self.max_accumulation_steps)
+        proposed = ops.cast(ops.maximum(proposed, 1.0), "int32")
+        proposed = ops.minimum(
+            ops.clip(proposed, window, window + 1), self.max_accumulation_steps
+        )
+        # A batch with nothing counted says nothing: keep the window.
+        proposed = ops.where(num_counted > 0, proposed, window)
+        window = ops.where(ops.equal(micro_step, 0), proposed, window)
+        return window, ops.greater_equal(micro_step + 1, window)
+
+    def update_state(self, *args, **kwargs):
+        raise NotImplementedError(
+            "The AS-Speed state is updated by `AdaptiveModel.train_step`."
+        )
+
+    def reset_state(self):
+        pass  # Training state, not a per-epoch statistic.
+
+    def result(self):
+        return {
+            "accumulation_steps": ops.convert_to_tensor(self.window),
+            "optimizer_updates": ops.convert_to_tensor(self.updates),
+        }
+
+    def get_config(self):
+        return {
+            "max_accumulation_steps": self.max_accumulation_steps,
+            "accumulation_lambda": self.accumulation_lambda,
+            "name": self.name,
+        }
+
+    def save_own_variables(self, store):
+        for i, variable in enumerate(self.variables):
+            store[str(i)] = variable.numpy()
+
+    def load_own_variables(self, store):
+        num_counters = len(self.variables) - len(self.gradients)
+        if not self.built and len(store) > num_counters:
+            # Loaded before training built the accumulators: shape them now.
+            saved = [store[str(i)] for i in range(num_counters, len(store))]
+            self._create_gradients(
+                [s.shape for s in saved], [str(s.dtype) for s in saved]
+            )
+        if len(store) != len(self.variables):
+            raise ValueError(
+                f"The saved AS-Speed state holds {len(store)} variables, but "
+                f"this model's has {len(self.variables)}: the weights come "
+                "from a model with different trainable variables."
+            )
+        for i, variable in enumerate(self.variables):
+            variable.assign(store[str(i)])
