@@ -407,6 +407,10 @@ def _prepare_sparse(y_true, y_pred, from_logits, ignore_class, axis):
     """
     logits = _class_last_logits(y_pred, from_logits, axis)
     targets = ops.convert_to_tensor(y_true)
+    if _is_placeholder(targets):
+        # Keras's symbolic build under tf.distribute averages a batch of
+        # targets to learn their shape, which turns class ids into floats.
+        targets = ops.cast(targets, "int32")
     if "int" not in keras.backend.standardize_dtype(targets.dtype):
         raise TypeError(
             "`y_true` must hold integer class ids; received dtype "
@@ -508,13 +512,15 @@ def _check_one_hot(y_true, axis):
         )
 
 
-def _values_if_known(x):
-    """`x` as a NumPy array if its values are known now, else None.
+def _is_placeholder(x):
+    """Whether `x` only stands for a shape: a `KerasTensor`, or any tensor
+    inside Keras's symbolic build (e.g. the first `fit` on torch)."""
+    return isinstance(x, keras.KerasTensor) or in_symbolic_scope()
 
-    Inside Keras's symbolic build (e.g. the first `fit` on torch) tensors
-    hold placeholder values, so those count as unknown too.
-    """
-    if isinstance(x, keras.KerasTensor) or in_symbolic_scope():
+
+def _values_if_known(x):
+    """`x` as a NumPy array if its values are known now, else None."""
+    if _is_placeholder(x):
         return None
     return known_values(x)
 

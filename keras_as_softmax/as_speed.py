@@ -224,9 +224,9 @@ class GradientAccumulator(keras.metrics.Metric):
     ):
         super().__init__(name=name)
         self.configure(max_accumulation_steps, accumulation_lambda)
-        # Replicas hold equal counters and their own gradient sums; "mean"
-        # reads back the counters, and gradient sums that the optimizer's
-        # cross-replica sum restores.
+        # On tf.distribute every replica holds the same counters (read from
+        # the first) and its own gradient sum (read as the mean, which the
+        # optimizer's cross-replica sum turns back into the total).
         self.window = self._counter("window", initial_value=1)
         self.micro_step = self._counter("micro_step")
         self.updates = self._counter("updates")
@@ -264,7 +264,7 @@ class GradientAccumulator(keras.metrics.Metric):
             shape=(),
             initializer=keras.initializers.Constant(initial_value),
             dtype="int32",
-            aggregation="mean",
+            aggregation="only_first_replica",
             name=name,
         )
 
