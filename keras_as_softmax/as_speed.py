@@ -18,6 +18,7 @@ import keras
 from keras import ops
 from keras import tree
 
+from keras_as_softmax._keras_private import untrack
 from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.backend import AdaptiveTrainer
 from keras_as_softmax.backend import sum_across_replicas
@@ -31,8 +32,9 @@ class AdaptiveModel(AdaptiveTrainer):
     use `AdaptiveSequential`. Compile it with one AS-Softmax loss. `fit` then
     logs `masked_ratio` (the fraction of counted samples that the loss
     masks), `accumulation_steps` (the current window) and
-    `optimizer_updates`; a window still open when `fit` ends is applied.
-    `evaluate` and `predict` are unchanged (evaluation logs `masked_ratio`).
+    `optimizer_updates`; a window still open when `fit`'s last epoch ends is
+    applied. `evaluate` and `predict` are unchanged (evaluation logs
+    `masked_ratio` too).
 
     Args:
         max_accumulation_steps: The largest window, an integer >= 1
@@ -123,32 +125,33 @@ class AdaptiveModel(AdaptiveTrainer):
         return super().make_train_function(force=force)
 
     def fit(self, *args, **kwargs):
-        history = super().fit(*args, **kwargs)
-        self.apply_accumulated_gradients()
-        return history
+        if len(args) > 5:  # `callbacks` given by position.
+            args = (*args[:5], _with_window_flush(args[5]), *args[6:])
+        else:
+            kwargs["callbacks"] = _with_window_flush(kwargs.get("callbacks"))
+        return super().fit(*args, **kwargs)
 
     def apply_accumulated_gradients(self):
         """Applies the open window's mean gradient now, if it holds any.
 
-        `fit` calls this when it ends, so no gradient is left unapplied.
+        `fit` does this when its last epoch ends (or a callback stops it), so
+        no gradient is left unapplied; a custom loop of `train_on_batch`
+        calls should do it at its end.
         """
         accumulator = self.gradient_accumulator
         if not accumulator.built or int(accumulator.micro_step.numpy()) == 0:
             return
 
-        def update():
+        def mean_gradients():
             steps = accumulator.micro_step.value
-            self.optimizer.apply(
-                [
-                    total.value / ops.cast(steps, total.dtype)
-                    for total in accumulator.gradients
-                ],
-                self.trainable_variables,
-            )
-            accumulator.micro_step.assign(0)
-            accumulator.updates.assign(accumulator.updates.value + 1)
+            return [
+                total.value / ops.cast(steps, total.dtype)
+                for total in accumulator.gradients
+            ]
 
-        self._run_update(update)
+        self._apply_gradients(mean_gradients)
+        accumulator.micro_step.assign(0)
+        accumulator.updates.assign(accumulator.updates.value + 1)
 
     def _as_softmax_loss(self):
         """The model's AS loss; raises unless it has exactly one, on one output."""
@@ -162,6 +165,27 @@ class AdaptiveModel(AdaptiveTrainer):
                 f"loss={getattr(self, 'loss', None)!r}."
             )
         return losses[0]
+
+
+class _ApplyOpenWindow(keras.callbacks.Callback):
+    """Applies an open window when `fit`'s last epoch ends or it is stopped.
+
+    It runs after the user's callbacks (so it sees `EarlyStopping`'s
+    decision) and before Keras's end of training (so `use_ema` and restored
+    best weights come after it). A `fit` that raises leaves the window open
+    in the saved state, for `BackupAndRestore` to resume.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.params["epochs"] or self.model.stop_training:
+            self.model.apply_accumulated_gradients()
+
+
+def _with_window_flush(callbacks):
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks.callbacks.append(_ApplyOpenWindow())
+        return callbacks
+    return [*(callbacks or []), _ApplyOpenWindow()]
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
@@ -205,10 +229,10 @@ class GradientAccumulator(keras.metrics.Metric):
     window, the number of batches in the open window, the number of updates,
     and the last training batch's masked and counted samples. It is a
     `Metric` so that on JAX its variables travel in the training state, on
-    `tf.distribute` each replica keeps its own accumulators, and its result
-    (`accumulation_steps`, `optimizer_updates`) reaches the logs. Unlike other
+    `tf.distribute` each replica keeps its own accumulators. Unlike other
     metrics it keeps its state across epochs (`reset_state` does nothing),
-    and it is saved with the model's weights.
+    reports nothing by itself (the training step logs the window and the
+    updates), and is saved with the model's weights.
 
     Args:
         max_accumulation_steps: The largest window, an integer >= 1.
@@ -269,19 +293,25 @@ class GradientAccumulator(keras.metrics.Metric):
         )
 
     def build(self, trainable_variables):
-        """Creates one accumulator per variable (once; later calls check them)."""
+        """Creates one accumulator per trainable variable.
+
+        Later calls check them, and make new ones if the trainable
+        variables changed (e.g. layers unfrozen) while no window is open.
+        """
         shapes = [tuple(v.shape) for v in trainable_variables]
-        if self.built:
-            if shapes != [tuple(g.shape) for g in self.gradients]:
-                raise ValueError(
-                    "The model's trainable variables changed after AS-Speed "
-                    "created its gradient accumulators; their shapes were "
-                    f"{[tuple(g.shape) for g in self.gradients]}, now {shapes}."
-                )
+        if self.built and shapes == [tuple(g.shape) for g in self.gradients]:
             return
+        if self.built and int(self.micro_step.numpy()) > 0:
+            raise ValueError(
+                "The model's trainable variables changed while an AS-Speed "
+                "window is open; call `model.apply_accumulated_gradients()` "
+                "before freezing or unfreezing layers."
+            )
         self._create_gradients(shapes, [v.dtype for v in trainable_variables])
 
     def _create_gradients(self, shapes, dtypes):
+        for total in self.gradients:
+            untrack(self, total)
         self.gradients = [
             self.add_variable(
                 shape=shape,
@@ -335,10 +365,11 @@ class GradientAccumulator(keras.metrics.Metric):
         pass  # Training state, not a per-epoch statistic.
 
     def result(self):
-        return {
-            "accumulation_steps": ops.convert_to_tensor(self.window),
-            "optimizer_updates": ops.convert_to_tensor(self.updates),
-        }
+        return {}  # The training step logs the window and the updates.
+
+    def logs(self, window, updates):
+        """The training logs of AS-Speed, from the new window and update count."""
+        return {"accumulation_steps": window, "optimizer_updates": updates}
 
     def get_config(self):
         return {
@@ -353,17 +384,15 @@ class GradientAccumulator(keras.metrics.Metric):
 
     def load_own_variables(self, store):
         num_counters = len(self.variables) - len(self.gradients)
-        if not self.built and len(store) > num_counters:
-            # Loaded before training built the accumulators: shape them now.
-            saved = [store[str(i)] for i in range(num_counters, len(store))]
+        saved = [store[str(i)] for i in range(num_counters, len(store))]
+        if saved and [s.shape for s in saved] != [tuple(g.shape) for g in self.gradients]:
+            # Saved from a model whose accumulators this one lacks (not yet
+            # trained, or other trainable variables): shape them now.
             self._create_gradients(
                 [s.shape for s in saved], [str(s.dtype) for s in saved]
             )
-        if len(store) != len(self.variables):
-            raise ValueError(
-                f"The saved AS-Speed state holds {len(store)} variables, but "
-                f"this model's has {len(self.variables)}: the weights come "
-                "from a model with different trainable variables."
-            )
-        for i, variable in enumerate(self.variables):
+        for i, variable in enumerate(self.variables[:num_counters]):
             variable.assign(store[str(i)])
+        for total, value in zip(self.gradients, saved or [None] * len(self.gradients)):
+            # Weights saved before training hold no sums: start with none.
+            total.assign(ops.zeros(total.shape, total.dtype) if value is None else value)

@@ -388,3 +388,68 @@ def test_bad_settings_and_losses_raise_clear_errors():
     x, y = regression_data(2)
     with pytest.raises(ValueError, match="single AS-Softmax loss"):
         model.fit(x, y, verbose=0)
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_dtype_policy("float32")
+
+
+@JIT
+def test_mixed_precision_loss_scaling_with_an_open_window(mixed_float16, jit_compile):
+    x, y = regression_data(4)  # Windows 2 and an open 2, applied at the end.
+    model = open_window_model(jit_compile)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    history = model.fit(x, y, batch_size=8, shuffle=False, verbose=0).history
+    assert np.isfinite(history["loss"][-1])
+    assert int(model.optimizer.iterations.numpy()) == 2
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+class RecordAtTrainEnd(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        self.weights = self.model.get_weights()
+        self.logs = logs
+
+
+def test_open_window_is_applied_before_training_ends():
+    x, y = regression_data(4)
+    model = open_window_model(jit_compile=False)
+    record = RecordAtTrainEnd()
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0, callbacks=[record])
+    assert int(model.optimizer.iterations.numpy()) == 2
+    for seen, final in zip(record.weights, model.get_weights()):
+        np.testing.assert_array_equal(seen, final)
+    # Only training reports the window and the updates.
+    evaluation = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert set(evaluation) == {"loss", "masked_ratio"}
+
+
+def test_unfreezing_layers_between_fits():
+    x, y = regression_data(4)
+    model = dense_model(AdaptiveSequential)
+    model.layers[0].trainable = False
+    model.compile(optimizer="sgd", loss=SparseASSoftmaxCrossentropy(delta=1.0))
+    model.fit(x, y, batch_size=8, verbose=0)
+    frozen = model.layers[0].get_weights()[0].copy()
+    model.layers[0].trainable = True
+    model.compile(optimizer="sgd", loss=SparseASSoftmaxCrossentropy(delta=1.0))
+    model.fit(x, y, batch_size=8, verbose=0)
+    assert len(model.gradient_accumulator.gradients) == 4
+    assert np.abs(model.layers[0].get_weights()[0] - frozen).max() > 0
+
+
+def test_weights_saved_before_training_load_after_training(tmp_path):
+    x, y = regression_data(4)
+    model = open_window_model(jit_compile=False)
+    model.save_weights(tmp_path / "initial.weights.h5")
+    initial = model.get_weights()
+    model.fit(x, y, batch_size=8, verbose=0)
+    model.load_weights(tmp_path / "initial.weights.h5")
+    for restored, expected in zip(model.get_weights(), initial):
+        np.testing.assert_array_equal(restored, expected)
+    state = model.gradient_accumulator
+    assert int(state.updates.numpy()) == 0
+    assert all(np.abs(g.numpy()).max() == 0 for g in state.gradients)

@@ -61,34 +61,57 @@ class AdaptiveTrainer:
             value(accumulator.batch_counted),
         )
         first_batch = micro_step == 0
-        sums = [
-            jax.numpy.where(first_batch, grad, value(total) + grad)
-            for total, grad in zip(accumulator.gradients, grads)
-        ]
 
-        def update(trainable, optimizer_state):
-            mean = [total / window.astype(total.dtype) for total in sums]
-            return self.optimizer.stateless_apply(optimizer_state, mean, trainable)
+        def window_sums(totals):
+            return [
+                jax.numpy.where(first_batch, grad, total + grad)
+                for total, grad in zip(totals, grads)
+            ]
 
-        def skip(trainable, optimizer_state):
-            return trainable, optimizer_state
+        def update(trainable, optimizer_state, totals):
+            mean = [total / window.astype(total.dtype) for total in window_sums(totals)]
+            trainable, optimizer_state = self.optimizer.stateless_apply(
+                optimizer_state, mean, trainable
+            )
+            return trainable, optimizer_state, totals  # Stale: the next batch starts afresh.
 
-        trainable, optimizer_state = jax.lax.cond(
-            is_update, update, skip, trainable, optimizer_state
+        def accumulate(trainable, optimizer_state, totals):
+            return trainable, optimizer_state, window_sums(totals)
+
+        trainable, optimizer_state, totals = jax.lax.cond(
+            is_update,
+            update,
+            accumulate,
+            trainable,
+            optimizer_state,
+            [value(total) for total in accumulator.gradients],
         )
         assign(accumulator.window, window)
         assign(accumulator.micro_step, jax.numpy.where(is_update, 0, micro_step + 1))
-        assign(accumulator.updates, value(accumulator.updates) + is_update)
-        for total, new_value in zip(accumulator.gradients, sums):
+        updates = value(accumulator.updates) + is_update
+        assign(accumulator.updates, updates)
+        for total, new_value in zip(accumulator.gradients, totals):
             assign(total, new_value)
 
         logs, metrics_state = self._update_metrics_variables(
             metrics_state, unscaled_loss, x, y, y_pred, sample_weight
         )
+        logs = {**logs, **accumulator.logs(window, updates)}
         return logs, (trainable, non_trainable, optimizer_state, metrics_state)
 
     def _distribution_scope(self):
         return contextlib.nullcontext()
 
-    def _run_update(self, update_fn):
-        update_fn()
+    def _apply_gradients(self, compute_gradients):
+        # Stateless, as in the step: an eager `optimizer.apply` fails on JAX
+        # under a `LossScaleOptimizer` (its `cond` assigns variables).
+        optimizer, variables = self.optimizer, self.trainable_variables
+        new_variables, new_optimizer_state = optimizer.stateless_apply(
+            [v.value for v in optimizer.variables],
+            compute_gradients(),
+            [v.value for v in variables],
+        )
+        for variable, new_value in zip(variables, new_variables):
+            variable.assign(new_value)
+        for variable, new_value in zip(optimizer.variables, new_optimizer_state):
+            variable.assign(new_value)

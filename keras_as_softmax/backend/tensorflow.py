@@ -58,7 +58,12 @@ class AdaptiveTrainer:
             tf.zeros_like(v.value) if g is None else g for v, g in zip(variables, grads)
         ]
         self._accumulate_or_update(grads, variables)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        accumulator = self.gradient_accumulator
+        return {
+            **logs,
+            **accumulator.logs(accumulator.window.value, accumulator.updates.value),
+        }
 
     def _accumulate_or_update(self, grads, variables):
         accumulator = self.gradient_accumulator
@@ -71,46 +76,53 @@ class AdaptiveTrainer:
         )
         accumulator.window.assign(window)
         first_batch = ops.equal(micro_step, 0)
-        sums = [
-            tf.where(first_batch, grad, total.value + grad)
-            for total, grad in zip(accumulator.gradients, grads)
-        ]
 
-        def update(sums, window):
+        def window_sums(grads):
+            return [
+                tf.where(first_batch, grad, total.value + grad)
+                for total, grad in zip(accumulator.gradients, grads)
+            ]
+
+        def update(grads, window):
+            # The accumulators keep stale sums: the next batch starts afresh.
             self.optimizer.apply(
-                [total / tf.cast(window, total.dtype) for total in sums], variables
+                [total / tf.cast(window, total.dtype) for total in window_sums(grads)],
+                variables,
             )
             accumulator.micro_step.assign(0)
             accumulator.updates.assign_add(1)
 
-        def accumulate(sums):
-            for total, new_value in zip(accumulator.gradients, sums):
+        def accumulate(grads):
+            for total, new_value in zip(accumulator.gradients, window_sums(grads)):
                 total.assign(new_value)
             accumulator.micro_step.assign_add(1)
 
         if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            ops.cond(is_update, lambda: update(sums, window), lambda: accumulate(sums))
+            ops.cond(is_update, lambda: update(grads, window), lambda: accumulate(grads))
             return
 
-        def cross_replica(strategy, is_update, sums, window):
+        def cross_replica(strategy, is_update, grads, window):
             # Every replica saw the same global counts, hence the same choice.
             is_update = strategy.experimental_local_results(is_update)[0]
             ops.cond(
                 is_update,
                 lambda: strategy.extended.call_for_each_replica(
-                    update, args=(sums, window)
+                    update, args=(grads, window)
                 ),
                 lambda: strategy.extended.call_for_each_replica(
-                    accumulate, args=(sums,)
+                    accumulate, args=(grads,)
                 ),
             )
 
         tf.distribute.get_replica_context().merge_call(
-            cross_replica, args=(is_update, sums, window)
+            cross_replica, args=(is_update, grads, window)
         )
 
     def _distribution_scope(self):
         return self.distribute_strategy.scope()
 
-    def _run_update(self, update_fn):
-        self.distribute_strategy.run(update_fn)
+    def _apply_gradients(self, compute_gradients):
+        # In replica context: each replica's own sums, summed by the optimizer.
+        self.distribute_strategy.run(
+            lambda: self.optimizer.apply(compute_gradients(), self.trainable_variables)
+        )

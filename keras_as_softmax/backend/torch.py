@@ -57,7 +57,12 @@ class AdaptiveTrainer:
         ]
         with torch.no_grad():
             self._accumulate_or_update(grads, variables)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        accumulator = self.gradient_accumulator
+        return {
+            **logs,
+            **accumulator.logs(accumulator.window.value, accumulator.updates.value),
+        }
 
     def _accumulate_or_update(self, grads, variables):
         accumulator = self.gradient_accumulator
@@ -69,12 +74,12 @@ class AdaptiveTrainer:
             accumulator.batch_counted.value,
         )
         accumulator.window.assign(window)
-        first_batch = micro_step == 0
-        sums = [
-            torch.where(first_batch, grad, total.value + grad)
-            for total, grad in zip(accumulator.gradients, grads)
-        ]
+        if _is_true(micro_step == 0):
+            sums = grads
+        else:
+            sums = [total.value + grad for total, grad in zip(accumulator.gradients, grads)]
         if _is_true(is_update):
+            # The accumulators keep stale sums: the next batch starts afresh.
             self.optimizer.apply([total / window for total in sums], variables)
             accumulator.micro_step.assign(0)
             accumulator.updates.assign(accumulator.updates.value + 1)
@@ -86,6 +91,6 @@ class AdaptiveTrainer:
     def _distribution_scope(self):
         return contextlib.nullcontext()
 
-    def _run_update(self, update_fn):
+    def _apply_gradients(self, compute_gradients):
         with torch.no_grad():
-            update_fn()
+            self.optimizer.apply(compute_gradients(), self.trainable_variables)
