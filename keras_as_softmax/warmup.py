@@ -17,6 +17,7 @@ import keras
 from keras import ops
 from keras import tree
 
+from keras_as_softmax._keras_private import unlocked
 from keras_as_softmax._keras_private import untrack
 from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import validate_delta
@@ -90,9 +91,13 @@ class DeltaWarmup(keras.callbacks.Callback):
             name = "as_softmax_delta" if len(losses) == 1 else f"{loss.name}_delta"
             tracker = _DeltaTracker(self.initial_delta, name=name)
             # Attribute assignment makes the model track the metric.
-            setattr(model, f"_{name}_tracker", tracker)
+            with unlocked(model):
+                setattr(model, f"_{name}_tracker", tracker)
             loss.delta_variable = tracker.delta
             self._trackers[loss] = tracker
+        # A training function traced before (e.g. by an earlier `fit`) holds
+        # the delta it saw then: trace anew.
+        model.make_train_function(force=True)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -121,6 +126,7 @@ class DeltaWarmup(keras.callbacks.Callback):
             delattr(model, f"_{tracker.name}_tracker")
         self._trackers = {}
         self._progress = None
+        model.make_train_function(force=True)
 
     def _resolve_warmup_steps(self):
         if self.warmup_steps is not None:

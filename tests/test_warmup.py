@@ -128,3 +128,44 @@ def test_model_without_as_loss():
 def test_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):
         DeltaWarmup(**kwargs)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+def test_later_fits_see_their_own_delta(jit_compile):
+    model, x, y = frozen_model_and_data()
+    loss = SparseASSoftmaxCrossentropy(delta=0.1)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss, jit_compile=jit_compile)
+    logits = model.predict(x, verbose=0)
+    for _ in range(2):  # A second warm-up starts again from initial_delta.
+        history = model.fit(
+            x, y, batch_size=32, epochs=2, verbose=0,
+            callbacks=[DeltaWarmup(initial_delta=1.0, warmup_steps=4)],
+        ).history
+        np.testing.assert_allclose(history["as_softmax_delta"], [1.0, 0.775], rtol=1e-6)
+    # Without a warm-up, training is back on the loss's delta.
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0).history
+    np.testing.assert_allclose(
+        history["loss"], [reference.sparse_as_softmax(y, logits, 0.1)[0].mean()],
+        rtol=1e-5,
+    )
+
+
+class Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(5)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+def test_subclassed_model_that_is_already_built():
+    _, x, y = frozen_model_and_data()
+    model = Subclassed()
+    model(x)  # Built, so Keras locks its state.
+    model.compile(optimizer="sgd", loss=SparseASSoftmaxCrossentropy(delta=0.1))
+    history = model.fit(
+        x, y, batch_size=8, epochs=2, verbose=0,
+        callbacks=[DeltaWarmup(initial_delta=1.0, warmup_steps=4)],
+    ).history
+    np.testing.assert_allclose(history["as_softmax_delta"], [0.325, 0.1], rtol=1e-6)
