@@ -150,10 +150,27 @@ def regression_data(num_batches, batch_size=8, seed=1):
     return x, y
 
 
+def make_optimizer(kind):
+    if kind == "sgd":
+        return keras.optimizers.SGD(0.5)
+    # Each of these would give other weights if it acted once per batch.
+    return keras.optimizers.AdamW(
+        keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=1, decay_rate=0.7),
+        weight_decay=0.1,
+        clipnorm=0.05,
+        use_ema=True,
+        ema_momentum=0.5,
+    )
+
+
 @JIT
-@pytest.mark.parametrize("num_batches", [11, 13], ids=["whole", "partial_last"])
+@pytest.mark.parametrize(
+    "num_batches, optimizer",
+    [(11, "sgd"), (13, "adamw")],
+    ids=["whole_sgd", "partial_last_adamw_schedule_clip_ema"],
+)
 def test_window_update_equals_one_update_on_concatenated_batches(
-    num_batches, jit_compile
+    num_batches, optimizer, jit_compile
 ):
     # delta = 1 masks nothing, so with lambda 3 the windows are 2, 3, 3, 3;
     # 13 batches end with an open window of 2 batches, applied at the end.
@@ -162,7 +179,7 @@ def test_window_update_equals_one_update_on_concatenated_batches(
         AdaptiveSequential, max_accumulation_steps=3, accumulation_lambda=3.0
     )
     model.compile(
-        optimizer=keras.optimizers.SGD(0.5),
+        optimizer=make_optimizer(optimizer),
         loss=SparseASSoftmaxCrossentropy(delta=1.0),
         jit_compile=jit_compile,
     )
@@ -170,7 +187,7 @@ def test_window_update_equals_one_update_on_concatenated_batches(
 
     reference = dense_model(keras.Sequential)
     reference.compile(
-        optimizer=keras.optimizers.SGD(0.5),
+        optimizer=make_optimizer(optimizer),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     start, windows = 0, []
@@ -179,6 +196,7 @@ def test_window_update_equals_one_update_on_concatenated_batches(
         reference.train_on_batch(x[rows], y[rows])
         start += window
         windows.append(window)
+    reference.optimizer.finalize_variable_values(reference.trainable_variables)
     assert start == num_batches
     assert int(model.optimizer.iterations.numpy()) == len(windows)
     for actual, expected in zip(model.get_weights(), reference.get_weights()):

@@ -1,0 +1,347 @@
+"""Forward+backward cost of the AS-Softmax losses against plain cross-entropy.
+
+Times one loss evaluation and its gradient with respect to the logits, on
+the backend that `KERAS_BACKEND` names, compiled as Keras compiles a training
+step there: `tf.function(jit_compile=True)` around a `GradientTape` on
+TensorFlow, `jax.jit(jax.value_and_grad(...))` on JAX, and on PyTorch both
+eagerly (Keras's default) and under `torch.compile` (Keras's
+`jit_compile=True`), with `.backward()` on the scalar loss.
+
+- `SparseASSoftmaxCrossentropy(delta=0.1)` against Keras's
+  `SparseCategoricalCrossentropy(from_logits=True)`: logits `(B, C)` and
+  per-token `(B, T, C)`, integer targets.
+- `MultiLabelASSoftmaxCrossentropy(delta=0.1)` against the plain multi-label
+  cross-entropy `log(1 + sum_neg exp(s)) + log(1 + sum_pos exp(-s))`, written
+  here in `keras.ops` with `logsumexp` over `[0, masked logits]`: multi-hot
+  targets with 3 positives per row.
+
+Logits are normal with scale 3, float32 or bfloat16 (both losses compute in
+float32). Half of the rows are made confident (the target is the argmax and
+gets `log(C)` more logit; the positives get about the row maximum plus
+`log(C)`), so AS-Softmax masks about half the samples: the `masked` column
+gives the fraction. Each configuration is warmed up (3 calls, which compile),
+then timed `--repeats` times, each call blocking on its loss and gradient;
+the table gives the medians in milliseconds and the ratio AS/baseline,
+measured in the same run. Where `--repeats` calls of one loss would take
+longer than `--budget` seconds (the largest shapes, mostly on torch eager)
+fewer are timed, never fewer than 3: the `n` column says how many. On JAX the
+table also gives the size of XLA's temporary buffers for each compiled
+function (`memory_analysis().temp_size_in_bytes`) and their ratio AS/baseline.
+`--quick` runs tiny shapes, 3 timed calls, and no torch.compile for bfloat16
+(compilation is most of its time).
+
+    KERAS_BACKEND=jax python benchmarks/loss_cost.py [--quick]
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
+from keras_as_softmax import SparseASSoftmaxCrossentropy
+
+DELTA = 0.1
+GOAL_RATIO = 1.15
+GOAL_MIN_CLASSES = 1000
+WARMUP_CALLS = 3
+
+
+class MultiLabelCrossentropy(keras.losses.Loss):
+    """The plain multi-label cross-entropy (threshold 0), the baseline of
+    `MultiLabelASSoftmaxCrossentropy`: mean over the batch of
+
+        log(1 + sum_{neg} exp(s)) + log(1 + sum_{pos} exp(-s)),
+
+    each term a `logsumexp` over `[0, logits]` with the other labels at -inf.
+    """
+
+    def call(self, y_true, y_pred):
+        positive = ops.greater(y_true, 0.5)
+        zeros = ops.zeros_like(y_pred[..., :1])
+        negatives = ops.where(positive, -np.inf, y_pred)
+        positives = ops.where(positive, -y_pred, -np.inf)
+        return ops.logsumexp(
+            ops.concatenate([zeros, negatives], axis=-1), axis=-1
+        ) + ops.logsumexp(ops.concatenate([zeros, positives], axis=-1), axis=-1)
+
+
+# Data ------------------------------------------------------------------------
+
+
+def sparse_data(rng, shape):
+    """Logits of `shape` (classes last) and integer targets; half the
+    positions are confident (target = argmax, raised by log(C))."""
+    num_classes = shape[-1]
+    logits = 3.0 * rng.standard_normal(shape, dtype=np.float32)
+    flat = logits.reshape(-1, num_classes)
+    rows = np.arange(len(flat))
+    confident = rng.random(len(flat)) < 0.5
+    targets = np.where(
+        confident, flat.argmax(-1), rng.integers(0, num_classes, len(flat))
+    )
+    flat[rows[confident], targets[confident]] += np.log(num_classes)
+    return logits, targets.reshape(shape[:-1]).astype("int32")
+
+
+def multilabel_data(rng, shape, positives=3):
+    """Logits `(B, C)` and multi-hot targets with `positives` ones per row;
+    half the rows are confident: their positives get about the row's
+    maximum plus log(C) (noise of scale 0.5), so they share the softmax."""
+    batch, num_classes = shape
+    logits = 3.0 * rng.standard_normal(shape, dtype=np.float32)
+    chosen = rng.random(shape).argsort(axis=-1)[:, :positives]
+    targets = np.zeros(shape, dtype="float32")
+    np.put_along_axis(targets, chosen, 1.0, axis=-1)
+    confident = (rng.random(batch) < 0.5)[:, None] & (targets > 0)
+    high = logits.max(-1, keepdims=True) + np.log(num_classes)
+    noisy_high = high + 0.5 * rng.standard_normal(shape, dtype=np.float32)
+    return np.where(confident, noisy_high, logits).astype("float32"), targets
+
+
+def to_backend(array, dtype):
+    return ops.cast(ops.convert_to_tensor(array), dtype)
+
+
+def masked_fraction(loss, y_true, logits):
+    num_masked, num_counted = loss.masked_counts(y_true, logits)
+    return float(ops.convert_to_numpy(num_masked)) / float(
+        ops.convert_to_numpy(num_counted)
+    )
+
+
+# Per-backend forward+backward ------------------------------------------------
+# Each returns `(step, memory)`: `step(y_true, logits)` computes the loss and
+# its gradient with respect to `logits` and blocks until both are ready;
+# `memory` is XLA's temporary buffer size in bytes (JAX), else None.
+
+
+def tensorflow_step(loss, y_true, logits):
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def value_and_grad(y_true, logits):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            value = loss(y_true, logits)
+        return value, tape.gradient(value, logits)
+
+    def step(y_true, logits):
+        value, grad = value_and_grad(y_true, logits)
+        return value.numpy(), grad.numpy()
+
+    return step, None
+
+
+def jax_step(loss, y_true, logits):
+    import jax
+
+    def value(logits, y_true):
+        return loss(y_true, logits)
+
+    value_and_grad = jax.jit(jax.value_and_grad(value))
+    stats = value_and_grad.lower(logits, y_true).compile().memory_analysis()
+    memory = None if stats is None else stats.temp_size_in_bytes
+
+    def step(y_true, logits):
+        value, grad = value_and_grad(logits, y_true)
+        return value.block_until_ready(), grad.block_until_ready()
+
+    return step, memory
+
+
+def torch_step(loss, y_true, logits, compiled):
+    import torch
+
+    def value(y_true, logits):
+        return loss(y_true, logits)
+
+    if compiled:
+        torch._dynamo.reset()  # A fresh compilation per configuration.
+        value = torch.compile(value, dynamic=False)
+
+    def step(y_true, logits):
+        # CPU tensors are ready when the call returns.
+        logits.grad = None
+        result = value(y_true, logits)
+        result.backward()
+        return result.detach(), logits.grad
+
+    return step, None
+
+
+def make_step(mode, loss, y_true, logits):
+    if mode == "xla":
+        return tensorflow_step(loss, y_true, logits)
+    if mode == "jit":
+        return jax_step(loss, y_true, logits)
+    if mode in ("eager", "compile"):
+        return torch_step(loss, y_true, logits, compiled=mode == "compile")
+    raise ValueError(mode)
+
+
+def backend_modes():
+    return {
+        "tensorflow": ["xla"],
+        "jax": ["jit"],
+        "torch": ["eager", "compile"],
+    }[keras.backend.backend()]
+
+
+def prepare_logits(logits):
+    if keras.backend.backend() == "torch":
+        logits.requires_grad_(True)
+    return logits
+
+
+# Timing ----------------------------------------------------------------------
+
+
+def measure(step, y_true, logits, repeats, min_repeats, budget):
+    """Median seconds of `step` after the warm-up; returns `(seconds, n)`."""
+    for _ in range(WARMUP_CALLS):
+        start = time.perf_counter()
+        value, grad = step(y_true, logits)
+        last = time.perf_counter() - start
+    check = ops.convert_to_numpy(ops.cast(ops.sum(grad), "float32"))
+    if not (np.isfinite(ops.convert_to_numpy(value)) and np.isfinite(check)):
+        raise FloatingPointError("non-finite loss or gradient")
+    n = max(min_repeats, min(repeats, int(budget / max(last, 1e-9))))
+    seconds = []
+    for _ in range(n):
+        start = time.perf_counter()
+        step(y_true, logits)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), n
+
+
+def configurations(quick):
+    """`(loss name, shape)` pairs, classes last."""
+    if quick:
+        batch, classes, token = 64, (10, 200), (4, 8, 200)
+    else:
+        batch, classes, token = 1024, (10, 1000, 32000), (32, 128, 32000)
+    sparse = [("sparse", (batch, c)) for c in classes] + [("sparse", token)]
+    multilabel = [("multilabel", (batch, c)) for c in classes]
+    return sparse + multilabel
+
+
+def losses(kind):
+    if kind == "sparse":
+        return (
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            SparseASSoftmaxCrossentropy(delta=DELTA),
+        )
+    return MultiLabelCrossentropy(), MultiLabelASSoftmaxCrossentropy(delta=DELTA)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def backend_version():
+    name = keras.backend.backend()
+    module = __import__(name)
+    version = f"{name} {module.__version__}"
+    if name == "torch":
+        version += f" ({module.get_num_threads()} threads)"
+    return version
+
+
+def megabytes(num_bytes):
+    return "-" if num_bytes is None else f"{num_bytes / 2**20:.2f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny run (tests)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=8.0,
+        help="seconds of timed calls per loss and configuration, above which "
+        "fewer calls are timed",
+    )
+    args = parser.parse_args()
+    repeats = 3 if args.quick else args.repeats
+    min_repeats = min(repeats, 3)
+    rng = np.random.default_rng(0)
+    print(
+        f"backend {backend_version()}, keras {keras.__version__}, "
+        f"{cpu_name()}, {os.cpu_count()} CPUs; delta {DELTA}, "
+        f"{WARMUP_CALLS} warm-up calls, median of {repeats} timed calls"
+        + (
+            f" (fewer, at least {min_repeats}, where {repeats} would take over "
+            f"{args.budget:g} s: column n)"
+            if repeats > min_repeats
+            else ""
+        )
+    )
+    header = (
+        f"{'loss':<10} {'shape':<16} {'dtype':<8} {'mode':<7} "
+        f"{'base ms':>9} {'AS ms':>9} {'ratio':>6} "
+        f"{'base MB':>8} {'AS MB':>8} {'mem':>6} {'masked':>6} {'n':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    goal_rows = []
+    for kind, shape in configurations(args.quick):
+        baseline_loss, as_loss = losses(kind)
+        make = sparse_data if kind == "sparse" else multilabel_data
+        logits_np, y_np = make(rng, shape)
+        for dtype in ("float32", "bfloat16"):
+            y_true = ops.convert_to_tensor(y_np)
+            logits = prepare_logits(to_backend(logits_np, dtype))
+            masked = masked_fraction(as_loss, y_true, logits)
+            for mode in backend_modes():
+                if args.quick and mode == "compile" and dtype != "float32":
+                    continue  # Compilation is most of a quick run's time.
+                result = {}
+                for name, loss in (("base", baseline_loss), ("AS", as_loss)):
+                    step, memory = make_step(mode, loss, y_true, logits)
+                    seconds, n = measure(
+                        step, y_true, logits, repeats, min_repeats, args.budget
+                    )
+                    result[name] = (seconds, memory, n)
+                (base_s, base_mem, base_n), (as_s, as_mem, as_n) = (
+                    result["base"],
+                    result["AS"],
+                )
+                ratio = as_s / base_s
+                mem_ratio = "-"
+                if base_mem and as_mem is not None:
+                    mem_ratio = f"{as_mem / base_mem:.2f}"
+                n = str(base_n) if base_n == as_n else f"{base_n}/{as_n}"
+                print(
+                    f"{kind:<10} {'x'.join(map(str, shape)):<16} {dtype:<8} "
+                    f"{mode:<7} {1000 * base_s:>9.3f} {1000 * as_s:>9.3f} "
+                    f"{ratio:>6.3f} {megabytes(base_mem):>8} "
+                    f"{megabytes(as_mem):>8} {mem_ratio:>6} {masked:>6.2f} {n:>5}",
+                    flush=True,
+                )
+                if shape[-1] >= GOAL_MIN_CLASSES:
+                    goal_rows.append(ratio <= GOAL_RATIO)
+    met = f"met in {sum(goal_rows)} of {len(goal_rows)} rows" if goal_rows else (
+        "no such rows in this run"
+    )
+    print(
+        f"goal (issue 7): AS/baseline time ratio <= {GOAL_RATIO} at "
+        f"C >= {GOAL_MIN_CLASSES}; {met}"
+    )
+
+
+if __name__ == "__main__":
+    main()
