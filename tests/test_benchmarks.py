@@ -37,3 +37,16 @@ def test_as_speed_quick():
     table = output.split("target: each seed's best softmax validation accuracy")[-1]
     for method in ("softmax", "AS-Softmax", "AS-Softmax + AS-Speed"):
         assert method in table
+
+
+def test_loss_cost_quick():
+    output = run_quick("loss_cost.py")
+    rows = [
+        line.split()
+        for line in output.splitlines()
+        if line.startswith(("sparse ", "multilabel "))
+    ]
+    assert {row[0] for row in rows} == {"sparse", "multilabel"}
+    for row in rows:  # Baseline ms, AS ms and their ratio are positive numbers.
+        assert float(row[4]) > 0 and float(row[5]) > 0
+        assert float(row[6]) == pytest.approx(float(row[5]) / float(row[4]), rel=0.05)
