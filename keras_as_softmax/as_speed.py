@@ -356,6 +356,18 @@ class GradientAccumulator(keras.metrics.Metric):
         window = ops.where(ops.equal(micro_step, 0), proposed, window)
         return window, ops.greater_equal(micro_step + 1, window)
 
+    def advance(self):
+        """`next_window` on this state's variables, for stateful steps.
+
+        Stores the window and returns `(micro_step, window, is_update)`.
+        """
+        micro_step = self.micro_step.value
+        window, is_update = self.next_window(
+            self.window.value, micro_step, self.batch_masked.value, self.batch_counted.value
+        )
+        self.window.assign(window)
+        return micro_step, window, is_update
+
     def update_state(self, *args, **kwargs):
         raise NotImplementedError(
             "The AS-Speed state is updated by `AdaptiveModel.train_step`."
@@ -367,9 +379,13 @@ class GradientAccumulator(keras.metrics.Metric):
     def result(self):
         return {}  # The training step logs the window and the updates.
 
-    def logs(self, window, updates):
-        """The training logs of AS-Speed, from the new window and update count."""
-        return {"accumulation_steps": window, "optimizer_updates": updates}
+    def logs(self, window=None, updates=None):
+        """AS-Speed's training logs: the window and the update count, by
+        default those in the variables."""
+        return {
+            "accumulation_steps": self.window.value if window is None else window,
+            "optimizer_updates": self.updates.value if updates is None else updates,
+        }
 
     def get_config(self):
         return {

@@ -58,22 +58,11 @@ class AdaptiveTrainer:
         with torch.no_grad():
             self._accumulate_or_update(grads, variables)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        accumulator = self.gradient_accumulator
-        return {
-            **logs,
-            **accumulator.logs(accumulator.window.value, accumulator.updates.value),
-        }
+        return {**logs, **self.gradient_accumulator.logs()}
 
     def _accumulate_or_update(self, grads, variables):
         accumulator = self.gradient_accumulator
-        micro_step = accumulator.micro_step.value
-        window, is_update = accumulator.next_window(
-            accumulator.window.value,
-            micro_step,
-            accumulator.batch_masked.value,
-            accumulator.batch_counted.value,
-        )
-        accumulator.window.assign(window)
+        micro_step, window, is_update = accumulator.advance()
         if _is_true(micro_step == 0):
             sums = grads
         else:
