@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh .venv
-.venv/bin/python examples/quickstart.py "$@"
+.venv/bin/python examples/compare.py "$@"

@@ -1,0 +1,146 @@
+"""The examples' quick modes run on this backend, print their table and plot.
+
+Each example is run as a user runs it (a subprocess with `--quick` and
+`--backend`), on a tiny slice on the CPU; nothing about speed is asserted.
+"""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+BACKEND = keras.backend.backend()
+
+pytest.importorskip("matplotlib", reason="examples need the [examples] extra")
+pytest.importorskip("sklearn", reason="examples need the [examples] extra")
+
+
+def run_example(script, tmp_path, *args, env_backend=BACKEND):
+    plot = tmp_path / "plot.png"
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, script), "--quick",
+         "--backend", BACKEND, "--plot", str(plot), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "KERAS_BACKEND": env_backend},
+        cwd=tmp_path,
+    )
+    return result, plot
+
+
+def table_rows(output):
+    """The table's rows as `{method: [column strings]}`."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("method "))
+    rows = {}
+    for line in lines[start + 2:]:
+        if line.startswith("final masked"):
+            break
+        # Method names contain spaces; the five numeric columns do not.
+        *name, best, epoch, seconds, updates, masked = line.split()
+        rows[" ".join(name)] = [best, epoch, seconds, updates, masked]
+    return rows
+
+
+def check_comparison(result, plot, methods, num_train, batch_size, epochs=2):
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"backend {BACKEND}" in result.stdout
+    rows = table_rows(result.stdout)
+    assert list(rows) == methods
+    steps = epochs * int(np.ceil(num_train / batch_size))
+    for name, (best, epoch, seconds, updates, masked) in rows.items():
+        assert 0.0 <= float(best) <= 1.0
+        assert 1 <= float(epoch) <= epochs
+        assert float(seconds) > 0
+        if name.endswith("AS-Speed"):  # One update per window of 1 or 2 batches.
+            assert steps / 2 <= int(updates) <= steps
+        else:
+            assert int(updates) == steps
+        if name.startswith("AS-Softmax"):
+            assert 0.0 <= float(masked.rstrip("%")) <= 100.0
+        else:
+            assert masked == "-"
+    with open(plot, "rb") as file:
+        assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(plot) > 20_000  # Four panels with curves and text.
+    return rows
+
+
+def test_main_job_quick(tmp_path):
+    # `--backend` wins over KERAS_BACKEND: the environment names another one.
+    other = next(b for b in ("tensorflow", "jax", "torch") if b != BACKEND)
+    result, plot = run_example("compare.py", tmp_path, "--baselines",
+                               env_backend=other)
+    check_comparison(
+        result, plot,
+        ["softmax CE", "label smoothing 0.1", "focal (gamma 2)",
+         "AS-Softmax d=0.1", "AS-Softmax + AS-Speed"],
+        num_train=400, batch_size=32,
+    )
+
+
+def test_main_job_rejects_bad_delta(tmp_path):
+    result, _ = run_example("compare.py", tmp_path, "--delta", "1.5")
+    assert result.returncode != 0
+    assert "--delta must be in [0, 1], got 1.5." in result.stderr
+
+
+def test_fashion_mnist_quick(tmp_path):
+    result, plot = run_example("fashion_mnist.py", tmp_path)
+    check_comparison(
+        result, plot, ["softmax CE", "AS-Softmax d=0.1", "AS-Softmax + AS-Speed"],
+        num_train=2000, batch_size=128,
+    )
+
+
+@pytest.fixture
+def datasets_module(monkeypatch):
+    monkeypatch.syspath_prepend(EXAMPLES)
+    import datasets
+
+    return datasets
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(datasets_module, monkeypatch, tmp_path):
+    def offline():
+        raise Exception("URL fetch failure")
+
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    monkeypatch.setattr(datasets_module, "FASHION_MNIST_DIR", str(tmp_path))
+    with pytest.raises(SystemExit, match="apt-get install dataset-fashion-mnist"):
+        datasets_module.fashion_mnist()
+
+
+def test_missing_wordnet_says_how_to_get_it(datasets_module, monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets_module, "WORDNET_DIR", str(tmp_path))
+    with pytest.raises(SystemExit, match="apt-get install wordnet-base"):
+        datasets_module.wordnet_synsets()
+
+
+def test_local_fashion_mnist_matches_its_format(datasets_module, monkeypatch):
+    monkeypatch.setattr(
+        keras.datasets.fashion_mnist, "load_data",
+        lambda: (_ for _ in ()).throw(Exception("offline")),
+    )
+    (x, y), (x_test, y_test) = datasets_module.fashion_mnist()
+    assert x.shape == (60000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
+    assert 0.0 <= x.min() and x.max() == 1.0
+    assert sorted(np.unique(y)) == list(range(10))
+    assert np.bincount(y_test).tolist() == [1000] * 10
+
+
+def test_wordnet_parser(datasets_module):
+    synsets = datasets_module.wordnet_synsets()
+    by_key = {s.key: s for s in synsets}
+    assert len(synsets) == 117659
+    assert len({s.lexname for s in synsets}) == 45
+    entity = by_key["n:00001740"]
+    assert entity.lemmas == ["entity"] and entity.lexname == "noun.Tops"
+    assert entity.hypernyms == []
+    assert all(h in by_key for s in synsets for h in s.hypernyms)
