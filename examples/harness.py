@@ -188,7 +188,7 @@ def final_masked_ratio(model, loss, data, limit=20000, chunk=1024):
     masked = counted = 0
     for start in range(0, min(len(y), limit), chunk):
         part = slice(start, min(start + chunk, limit, len(y)))
-        logits = model.predict_on_batch(x[part])
+        logits = model.predict(x[part], batch_size=256, verbose=0)
         m, c = loss.masked_counts(
             y[part], logits, None if weight is None else weight[part]
         )

@@ -64,6 +64,8 @@ def check_comparison(result, plot, methods, num_train, batch_size, epochs=2):
             assert int(updates) == steps
         if name.startswith("AS-Softmax"):
             assert 0.0 <= float(masked.rstrip("%")) <= 100.0
+        elif name == "multi-label CE":  # The AS loss at delta = 1 masks nothing.
+            assert masked == "0.0%"
         else:
             assert masked == "-"
     with open(plot, "rb") as file:
@@ -96,6 +98,32 @@ def test_fashion_mnist_quick(tmp_path):
     check_comparison(
         result, plot, ["softmax CE", "AS-Softmax d=0.1", "AS-Softmax + AS-Speed"],
         num_train=2000, batch_size=128,
+    )
+
+
+def test_wordnet_text_quick(tmp_path):
+    result, plot = run_example("wordnet_text.py", tmp_path)
+    check_comparison(
+        result, plot, ["softmax CE", "AS-Softmax d=0.1", "AS-Softmax + AS-Speed"],
+        num_train=8000, batch_size=128,
+    )
+
+
+def test_multilabel_quick(tmp_path):
+    result, plot = run_example("multilabel.py", tmp_path)
+    check_comparison(
+        result, plot,
+        ["binary CE", "multi-label CE", "AS-Softmax d=0.1", "AS-Softmax + AS-Speed"],
+        num_train=6000, batch_size=128,
+    )
+    assert "best val_f1" in result.stdout
+
+
+def test_token_spelling_quick(tmp_path):
+    result, plot = run_example("token_spelling.py", tmp_path)
+    check_comparison(
+        result, plot, ["softmax CE", "AS-Softmax d=0.1", "AS-Softmax + AS-Speed"],
+        num_train=2048, batch_size=32,
     )
 
 
