@@ -182,9 +182,11 @@ class EpochTrace(keras.callbacks.Callback):
         )
 
 
-def final_masked_ratio(model, loss, data, limit=20000, chunk=1024):
+def final_masked_ratio(model, loss, data, limit=20000):
     """Fraction of the counted training samples the AS loss masks at the end."""
     x, y, weight = (tuple(data) + (None,))[:3]
+    # Chunks of about 2**25 logits (128 MiB in float32).
+    chunk = max(1, 2**25 // int(np.prod(model.output_shape[1:])))
     masked = counted = 0
     for start in range(0, min(len(y), limit), chunk):
         part = slice(start, min(start + chunk, limit, len(y)))
@@ -334,6 +336,7 @@ def save_plot(task, results, args, path):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlim(0.5, args.epochs + 0.5)
     spread = " (band: min to max over seeds)" if args.seeds > 1 else ""
     figure.suptitle(
         f"{task.title}\nbackend {keras.backend.backend()}, {args.seeds} seed(s), "

@@ -100,7 +100,8 @@ def task(quick=False):
     def build(seed):
         inputs = keras.Input((TOKENS, LETTERS), dtype="int32")
         h = keras.layers.Embedding(len(ALPHABET) + 1, 32)(inputs)
-        # A 1 x 3 convolution and a max over the letters: a CNN per token.
+        # A 1 x 3 convolution and a max over the letters: a CNN per token (in
+        # one op; `TimeDistributed` would loop over the tokens in Python).
         h = keras.layers.Conv2D(128, (1, 3), padding="same", activation="relu")(h)
         h = keras.layers.MaxPooling2D((1, LETTERS))(h)
         h = keras.layers.Reshape((TOKENS, 128))(h)
