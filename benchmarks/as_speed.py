@@ -1,17 +1,28 @@
 """AS-Speed on real data: time and optimizer updates to a target accuracy.
 
-Trains the same small CNN on scikit-learn's bundled digits (8x8 images, 10
-classes) with softmax cross-entropy, AS-Softmax, and AS-Softmax + AS-Speed
+Trains the same model on a data set of the examples (`--dataset digits`, the
+main job's small CNN on scikit-learn's bundled digits, or `fashion_mnist`)
+with softmax cross-entropy, AS-Softmax, and AS-Softmax + AS-Speed
 (`AdaptiveModel`), on the backend that `KERAS_BACKEND` names, for several
 seeds. The target is each seed's best softmax validation accuracy; the table
 gives, as mean ± standard deviation over seeds, the wall time and optimizer
 updates until validation accuracy first reaches it, how many seeds reached
 it, and the best validation accuracy.
 
-    KERAS_BACKEND=jax python benchmarks/as_speed.py [--seeds 3] [--quick]
+A second table says where a training step's time goes, measured in
+`AdaptiveModel`'s own step: ms per batch with an update every batch (window
+1) and with one update every 8 batches (window 8), and of a forward pass
+(`predict`). The optimizer update costs `(window 1 - window 8) * 8 / 7`;
+the rest is forward and backward. AS-Speed saves only updates, so with a mean
+window `k` its best speedup is `window 1 / (window 1 - update * (1 - 1/k))`.
+
+    KERAS_BACKEND=jax python benchmarks/as_speed.py [--dataset digits] [--seeds 3] [--quick]
 """
 
 import argparse
+import os
+import statistics
+import sys
 import time
 
 import keras
@@ -20,30 +31,18 @@ import numpy as np
 from keras_as_softmax import AdaptiveModel
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "examples"))
+import compare  # noqa: E402  (examples/compare.py: the digits task)
+import fashion_mnist  # noqa: E402
+
 METHODS = ("softmax", "AS-Softmax", "AS-Softmax + AS-Speed")
+TASKS = {"digits": compare.digits_task, "fashion_mnist": fashion_mnist.task}
 
 
-def load_digits_split(seed=0):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = (digits.images / 16.0).astype("float32")[..., None]
-    y = digits.target.astype("int32")
-    order = np.random.default_rng(seed).permutation(len(x))
-    split = int(0.8 * len(x))
-    train, val = order[:split], order[split:]
-    return (x[train], y[train]), (x[val], y[val])
-
-
-def build(method, seed, delta):
+def build(method, seed, delta, task, **adaptive_settings):
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((8, 8, 1))
-    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
-    h = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(h)
-    h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Flatten()(h)
-    h = keras.layers.Dense(128, activation="relu")(h)
-    outputs = keras.layers.Dense(10)(h)
+    inputs, outputs = task.build(seed)
     if method == "softmax":
         model = keras.Model(inputs, outputs)
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -51,10 +50,10 @@ def build(method, seed, delta):
         model = keras.Model(inputs, outputs)
         loss = SparseASSoftmaxCrossentropy(delta=delta)
     else:
-        model = AdaptiveModel(inputs, outputs)
+        model = AdaptiveModel(inputs, outputs, **adaptive_settings)
         loss = SparseASSoftmaxCrossentropy(delta=delta)
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
+        optimizer=keras.optimizers.Adam(task.learning_rate),
         loss=loss,
         metrics=["sparse_categorical_accuracy"],
         jit_compile=True,
@@ -79,15 +78,53 @@ class Trace(keras.callbacks.Callback):
         )
 
 
-def run(method, seed, args, data):
-    (x, y), validation = data
-    model = build(method, seed, args.delta)
+def run(method, seed, args, task):
+    (x, y), validation = task.train, task.validation
+    model = build(method, seed, args.delta, task)
     trace = Trace()
     model.fit(
         x, y, batch_size=args.batch_size, epochs=args.epochs,
         validation_data=validation, verbose=0, callbacks=[trace],
     )
     return trace.epochs
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def ms_per_batch(task, args, window, epochs):
+    """Median ms per batch after the first epoch, `AdaptiveModel` at a window."""
+    model = build("AS-Speed", 0, args.delta, task, max_accumulation_steps=window,
+                  accumulation_lambda=float(window))
+    timer = EpochTimer()
+    x, y = task.train
+    model.fit(x, y, batch_size=args.batch_size, epochs=epochs, verbose=0,
+              callbacks=[timer])
+    steps = int(np.ceil(len(x) / args.batch_size))
+    return 1000 * statistics.median(timer.seconds[1:]) / steps, model
+
+
+def time_breakdown(task, args, epochs):
+    """(forward, backward, update, window 1) in ms per batch."""
+    window_1, model = ms_per_batch(task, args, 1, epochs)
+    window_8, _ = ms_per_batch(task, args, 8, epochs)
+    x = task.train[0]
+    forward = []
+    for _ in range(3):
+        start = time.perf_counter()
+        model.predict(x, batch_size=args.batch_size, verbose=0)
+        forward.append(time.perf_counter() - start)
+    forward = 1000 * min(forward[1:]) / int(np.ceil(len(x) / args.batch_size))
+    update = max(0.0, (window_1 - window_8) * 8 / 7)
+    return forward, window_1 - update - forward, update, window_1
 
 
 def to_target(epochs, target):
@@ -105,6 +142,7 @@ def mean_std(values, fmt):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(TASKS), default="digits")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -113,15 +151,15 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs = 1, 2
-    data = load_digits_split()
+    task = TASKS[args.dataset](quick=args.quick)
     results = {method: [] for method in METHODS}
     for seed in range(args.seeds):
         for method in METHODS:
-            results[method].append(run(method, seed, args, data))
+            results[method].append(run(method, seed, args, task))
             print(f"seed {seed} {method}: best val acc "
                   f"{max(a for _, _, a in results[method][-1]):.4f}", flush=True)
     print(
-        f"\nbackend {keras.backend.backend()}, digits, {args.seeds} seeds, "
+        f"\nbackend {keras.backend.backend()}, {task.title}, {args.seeds} seeds, "
         f"{args.epochs} epochs, batch {args.batch_size}, delta {args.delta}; "
         "target: each seed's best softmax validation accuracy"
     )
@@ -143,6 +181,21 @@ def main():
             f"{mean_std(best, '.4f'):>16} {mean_std(total, '.0f'):>15} "
             f"{mean_std(seconds, '.1f'):>15}"
         )
+    speed = results[METHODS[-1]]
+    batches = args.epochs * int(np.ceil(len(task.train[1]) / args.batch_size))
+    window = batches / np.mean([e[-1][1] for e in speed])
+    forward, backward, update, step = time_breakdown(task, args, 2 if args.quick else 4)
+    print(
+        f"\nwhere a step's time goes (AdaptiveModel, ms per batch of {args.batch_size}, "
+        "median after a warm-up epoch)"
+    )
+    print(f"{'forward':>10} {'backward':>10} {'update':>10} {'step':>10} "
+          f"{'update share':>13} {'mean window':>12} {'best AS-Speed speedup':>22}")
+    print(
+        f"{forward:>10.3f} {backward:>10.3f} {update:>10.3f} {step:>10.3f} "
+        f"{update / step:>13.1%} {window:>12.2f} "
+        f"{step / (step - update * (1 - 1 / window)):>22.3f}"
+    )
 
 
 if __name__ == "__main__":
