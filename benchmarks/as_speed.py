@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "examples"))
 import compare  # noqa: E402  (examples/compare.py: the digits task)
 import fashion_mnist  # noqa: E402
+from adaptive_overhead import EpochTimer  # noqa: E402
 
 METHODS = ("softmax", "AS-Softmax", "AS-Softmax + AS-Speed")
 TASKS = {"digits": compare.digits_task, "fashion_mnist": fashion_mnist.task}
@@ -88,17 +89,6 @@ def run(method, seed, args, task):
         validation_data=validation, verbose=0, callbacks=[trace],
     )
     return trace.epochs
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def ms_per_batch(task, args, window, epochs):
