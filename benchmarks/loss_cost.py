@@ -220,15 +220,15 @@ def measure(step, y_true, logits, repeats, min_repeats, budget):
     return statistics.median(seconds), n
 
 
-def configurations(quick):
-    """`(loss name, shape)` pairs, classes last."""
+def configurations(quick, kinds):
+    """`(loss name, shape)` pairs, classes last, for the losses in `kinds`."""
     if quick:
         batch, classes, token = 64, (10, 200), (4, 8, 200)
     else:
         batch, classes, token = 1024, (10, 1000, 32000), (32, 128, 32000)
     sparse = [("sparse", (batch, c)) for c in classes] + [("sparse", token)]
     multilabel = [("multilabel", (batch, c)) for c in classes]
-    return sparse + multilabel
+    return [(kind, shape) for kind, shape in sparse + multilabel if kind in kinds]
 
 
 def losses(kind):
@@ -275,6 +275,11 @@ def main():
         help="seconds of timed calls per loss and configuration, above which "
         "fewer calls are timed",
     )
+    parser.add_argument(
+        "--losses",
+        default="sparse,multilabel",
+        help="comma-separated: which of sparse, multilabel to time",
+    )
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
     min_repeats = min(repeats, 3)
@@ -298,7 +303,7 @@ def main():
     print(header)
     print("-" * len(header))
     goal_rows = []
-    for kind, shape in configurations(args.quick):
+    for kind, shape in configurations(args.quick, args.losses.split(",")):
         baseline_loss, as_loss = losses(kind)
         make = sparse_data if kind == "sparse" else multilabel_data
         logits_np, y_np = make(rng, shape)

@@ -19,6 +19,7 @@ from keras_as_softmax._keras_private import get_keras_mask
 from keras_as_softmax._keras_private import in_symbolic_scope
 from keras_as_softmax._keras_private import reduce_weighted_values
 from keras_as_softmax._keras_private import set_keras_mask
+from keras_as_softmax.backend import fused_sparse_as_softmax_loss
 from keras_as_softmax.backend import known_values
 
 _LOW_PRECISION_DTYPES = ("float16", "bfloat16")
@@ -536,36 +537,78 @@ def _align_weights(sample_weight, values):
     return sample_weight
 
 
-def _keep_mask(targets, logits, delta):
-    """Returns `(row_max, exp_logits, target_logit, keep)`.
+def _keep_mask(target_index, logits, delta):
+    """Returns `(probs, target_log_prob, target_prob, keep)`.
 
-    With `exp_logits = exp(z - max)` and `S` their sum,
-    `p_t - p_i <= delta  <=>  exp_i >= exp_t - delta * S`, so one exp buffer
-    serves both the mask and the loss. Rounding can only lower
-    `exp_t - delta * S`, so the target is always kept. The mask is a
-    comparison: no gradient flows through it.
+    `keep` is `p_i >= p_t - delta`, on `p = exp(log_softmax(logits))`.
+    `p_t - delta <= p_t` in floating point too, so the target is always
+    kept. The mask is a comparison: no gradient flows through it. The
+    PyTorch kernel (`keras_as_softmax.backend.torch`) makes the same
+    comparison on the same values, so masks and losses agree there.
     """
-    row_max = ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True))
-    exp_logits = ops.exp(logits - row_max)
-    sum_exp = ops.sum(exp_logits, axis=-1, keepdims=True)
-    target_index = ops.expand_dims(ops.cast(targets, "int32"), -1)
-    target_exp = ops.take_along_axis(exp_logits, target_index, axis=-1)
+    log_probs = ops.log_softmax(logits, axis=-1)
+    target_log_prob = ops.take_along_axis(log_probs, target_index, axis=-1)
+    probs = ops.exp(log_probs)
+    target_prob = ops.take_along_axis(probs, target_index, axis=-1)
     if not isinstance(delta, float):
         delta = ops.cast(delta, logits.dtype)
-    keep = ops.greater_equal(exp_logits, target_exp - delta * sum_exp)
-    target_logit = ops.take_along_axis(logits, target_index, axis=-1)
-    return row_max, exp_logits, target_logit, keep
+    keep = ops.greater_equal(probs, target_prob - delta)
+    return probs, target_log_prob, target_prob, keep
 
 
 def _as_softmax_loss(targets, logits, delta):
-    row_max, exp_logits, target_logit, keep = _keep_mask(targets, logits, delta)
-    # The row maximum is always kept, so the kept sum is at least 1.
-    kept_sum = ops.sum(ops.where(keep, exp_logits, 0.0), axis=-1, keepdims=True)
-    return ops.squeeze(row_max + ops.log(kept_sum) - target_logit, axis=-1)
+    """Per-position loss `log(sum of kept p) - log(p_t)`, 0 where masked.
+
+    The gradient is written out, `g * (kept p / sum of kept p - onehot(t))`,
+    so that autodiff keeps no buffer of the logits' size beyond the kept
+    probabilities.
+    """
+    target_index = ops.expand_dims(ops.cast(targets, "int32"), -1)
+    if not isinstance(delta, float):
+        delta = ops.cast(delta, logits.dtype)
+    if isinstance(logits, keras.KerasTensor):
+        return _losses_and_kept(target_index, logits, delta)[0]
+    if fused_sparse_as_softmax_loss is not None:
+        return fused_sparse_as_softmax_loss(target_index, logits, delta)
+
+    @ops.custom_gradient
+    def loss_and_gradient(logits):
+        losses, kept_probs, kept_sum, masked = _losses_and_kept(
+            target_index, logits, delta
+        )
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.where(masked, 0.0, ops.expand_dims(upstream, -1))
+            grad = kept_probs * (upstream / kept_sum)
+            classes = ops.arange(ops.shape(logits)[-1], dtype="int32")
+            return ops.where(
+                ops.equal(classes, target_index), grad - upstream, grad
+            )
+
+        return losses, gradient
+
+    return loss_and_gradient(logits)
+
+
+def _losses_and_kept(target_index, logits, delta):
+    """Returns `(losses, kept_probs, kept_sum, masked)`, the last two and the
+    kept probabilities with the class axis kept (size 1 or all classes)."""
+    probs, target_log_prob, target_prob, keep = _keep_mask(
+        target_index, logits, delta
+    )
+    kept_probs = ops.where(keep, probs, 0.0)
+    kept_sum = ops.sum(kept_probs, axis=-1, keepdims=True)
+    # Only the target kept: its sum is exactly `p_t`, and the loss 0.
+    masked = ops.equal(kept_sum, target_prob)
+    losses = ops.where(masked, 0.0, ops.log(kept_sum) - target_log_prob)
+    return ops.squeeze(losses, axis=-1), kept_probs, kept_sum, masked
 
 
 def _mask_and_counts(targets, logits, delta, valid, sample_weight, mask):
-    keep = _keep_mask(targets, logits, delta)[3]
+    target_index = ops.expand_dims(ops.cast(targets, "int32"), -1)
+    keep = _keep_mask(target_index, logits, delta)[3]
     counted = ops.ones_like(targets, dtype="bool") if valid is None else valid
     if mask is not None:
         counted = ops.logical_and(counted, ops.cast(mask, "bool"))

@@ -48,10 +48,21 @@ def multilabel_as_softmax_crossentropy(y_true, y_pred, delta=0.1, from_logits=Tr
     """
     delta = validate_delta(delta)
     positive, logits = _prepare(y_true, y_pred, from_logits)
-    keep_negative, keep_positive = _keep_masks(positive, logits, delta)
-    return _logsumexp_with_zero(logits, keep_negative) + _logsumexp_with_zero(
-        -logits, keep_positive
-    )
+    if isinstance(logits, keras.KerasTensor):
+        return _losses_and_terms(positive, logits, delta)[0]
+
+    @ops.custom_gradient
+    def loss_and_gradient(logits):
+        losses, terms = _losses_and_terms(positive, logits, delta)
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return ops.expand_dims(upstream, -1) * terms()
+
+        return losses, gradient
+
+    return loss_and_gradient(logits)
 
 
 def multilabel_as_softmax_mask(
@@ -77,8 +88,7 @@ def multilabel_as_softmax_mask(
     """
     delta = validate_delta(delta)
     positive, logits = _prepare(y_true, y_pred, from_logits)
-    keep_negative, keep_positive = _keep_masks(positive, logits, delta)
-    keep = ops.logical_or(keep_negative, keep_positive)
+    keep = _keep_masks(positive, logits, delta)[0]
     counted = ops.ones_like(logits[..., 0], dtype="bool")
     if mask is not None:
         counted = ops.logical_and(counted, ops.cast(mask, "bool"))
@@ -162,49 +172,92 @@ def _prepare(y_true, y_pred, from_logits):
 
 
 def _keep_masks(positive, logits, delta):
-    """Returns the boolean masks `(keep_negative, keep_positive)`.
+    """Returns `(keep, negative_shift, positive_shift)`: kept terms, labels last.
 
-    The probability tests are made on `e = exp(s - max)`, which is `p`
-    times the softmax sum `S`: `p_a - p_b <= delta <=> e_a - e_b <= delta*S`.
+    The probability tests become thresholds on the logits: with the row's
+    maximum `m` and `S = sum(exp(s - m))`, a negative is kept iff
+    `s_i >= m + log(exp(min_P s - m) - delta * S)` and a positive iff
+    `s_j <= m + log(exp(max_N s - m) + delta * S)`. Both are monotone in the
+    logit, so some negative is kept iff the largest negative is, and some
+    positive iff the smallest positive is: the shifts that keep the two
+    log-sum-exps stable, `max(0, max_N s)` and `max(0, -min_P s)` (0 where
+    nothing is kept), are row statistics too. No gradient flows through them.
     """
+    logits = ops.stop_gradient(logits)
     negative = ops.logical_not(positive)
-    row_max = ops.max(logits, axis=-1, keepdims=True)
-    exp_logits = ops.stop_gradient(ops.exp(logits - row_max))
-    margin = delta * ops.sum(exp_logits, axis=-1, keepdims=True)
+    row_max = ops.amax(logits, axis=-1, keepdims=True)
+    margin = delta * ops.sum(ops.exp(logits - row_max), axis=-1, keepdims=True)
     if not isinstance(delta, float):
         margin = ops.cast(margin, logits.dtype)
+    max_negative = ops.amax(
+        ops.where(negative, logits, -np.inf), axis=-1, keepdims=True
+    )
+    min_positive = ops.amin(
+        ops.where(positive, logits, np.inf), axis=-1, keepdims=True
+    )
     has_positive = ops.any(positive, axis=-1, keepdims=True)
     has_negative = ops.any(negative, axis=-1, keepdims=True)
-    min_positive = ops.min(
-        ops.where(positive, exp_logits, np.inf), axis=-1, keepdims=True
+    gap = ops.exp(ops.minimum(min_positive - row_max, 0.0)) - margin
+    negative_floor = ops.where(
+        ops.logical_and(has_positive, gap > 0),
+        row_max + ops.log(ops.where(gap > 0, gap, 1.0)),
+        -np.inf,
     )
-    max_negative = ops.max(
-        ops.where(negative, exp_logits, -1.0), axis=-1, keepdims=True
+    positive_ceiling = ops.where(
+        has_negative,
+        row_max + ops.log(ops.exp(max_negative - row_max) + margin),
+        np.inf,
     )
-    keep_negative = ops.logical_and(
-        negative,
-        ops.logical_or(
-            ops.logical_not(has_positive),
-            ops.less_equal(min_positive - exp_logits, margin),
-        ),
+    keep = ops.where(
+        positive, logits <= positive_ceiling, logits >= negative_floor
     )
-    keep_positive = ops.logical_and(
-        positive,
-        ops.logical_or(
-            ops.logical_not(has_negative),
-            ops.less_equal(exp_logits - max_negative, margin),
-        ),
+    negative_shift = ops.where(
+        ops.logical_and(has_negative, max_negative >= negative_floor),
+        ops.maximum(max_negative, 0.0),
+        0.0,
     )
-    return keep_negative, keep_positive
+    positive_shift = ops.where(
+        ops.logical_and(has_positive, min_positive <= positive_ceiling),
+        ops.maximum(-min_positive, 0.0),
+        0.0,
+    )
+    return keep, negative_shift, positive_shift
 
 
-def _logsumexp_with_zero(values, keep):
-    """`log(1 + sum(exp(values) where keep))` along the last axis, stably."""
-    kept = ops.where(keep, values, -np.inf)
-    shift = ops.stop_gradient(
-        ops.maximum(ops.max(ops.where(keep, values, 0.0), axis=-1), 0.0)
+def _losses_and_terms(positive, logits, delta):
+    """Returns `(losses, terms)`; `terms()` gives the loss's derivatives by
+    the logits, shape of `logits`.
+
+    `log(1 + sum_kept exp(x)) = shift + log(exp(-shift) + sum_kept
+    exp(x - shift))`, which is exactly 0 where nothing is kept. A label is a
+    term of one of the two sums (`x = s` for a negative, `-s` for a
+    positive), so one exponential per label serves both.
+    """
+    keep, negative_shift, positive_shift = _keep_masks(positive, logits, delta)
+
+    def exps():
+        shifted = ops.where(
+            positive, -logits - positive_shift, logits - negative_shift
+        )
+        return ops.where(keep, ops.exp(shifted), 0.0)
+
+    kept_exps = exps()
+    negative_total = ops.exp(-negative_shift) + ops.sum(
+        ops.where(positive, 0.0, kept_exps), axis=-1, keepdims=True
     )
-    total = ops.exp(-shift) + ops.sum(
-        ops.exp(kept - ops.expand_dims(shift, -1)), axis=-1
+    positive_total = ops.exp(-positive_shift) + ops.sum(
+        ops.where(positive, kept_exps, 0.0), axis=-1, keepdims=True
     )
-    return shift + ops.log(total)
+    losses = (
+        negative_shift
+        + ops.log(negative_total)
+        + positive_shift
+        + ops.log(positive_total)
+    )
+
+    def terms():
+        # Recomputed rather than kept: no buffer of the logits' size
+        # between the forward pass and the gradient, but the mask.
+        return exps() / ops.where(positive, -positive_total, negative_total)
+
+    return ops.squeeze(losses, axis=-1), terms

@@ -14,6 +14,10 @@ def known_values(x):
     return np.asarray(x)
 
 
+# XLA fuses the `keras.ops` form of the sparse loss well: no kernel of our own.
+fused_sparse_as_softmax_loss = None
+
+
 def sum_across_replicas(x):
     """`x` summed over data-parallel replicas: JAX arrays are already global."""
     return x

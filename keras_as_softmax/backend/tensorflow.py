@@ -16,6 +16,10 @@ def known_values(x):
     return np.asarray(x)
 
 
+# XLA fuses the `keras.ops` form of the sparse loss well: no kernel of our own.
+fused_sparse_as_softmax_loss = None
+
+
 def sum_across_replicas(x):
     """`x` summed over the replicas of a `tf.distribute` strategy."""
     context = tf.distribute.get_replica_context()

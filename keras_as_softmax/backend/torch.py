@@ -23,6 +23,45 @@ def sum_across_replicas(x):
     return x
 
 
+
+class _SparseASSoftmaxLoss(torch.autograd.Function):
+    """The sparse AS-Softmax loss as one autograd node, computed in place.
+
+    Eager PyTorch runs one kernel, and allocates one buffer, per operation;
+    Keras's own sparse cross-entropy is PyTorch's fused `cross_entropy`.
+    Working in place in the buffer of `log_softmax` keeps this to about the
+    same number of passes over the logits; the values and the mask are those
+    of `keras_as_softmax.as_softmax._keep_mask`.
+    """
+
+    @staticmethod
+    def forward(ctx, target_index, logits, delta):
+        probs = torch.log_softmax(logits, dim=-1)
+        target_log_prob = probs.gather(-1, target_index)
+        probs.exp_()
+        target_prob = probs.gather(-1, target_index)
+        probs.masked_fill_(probs < target_prob - delta, 0.0)
+        kept_sum = probs.sum(-1, keepdim=True)
+        # Only the target kept: its sum is exactly `p_t`, and the loss 0.
+        masked = kept_sum == target_prob
+        ctx.save_for_backward(target_index, probs, kept_sum, masked)
+        losses = torch.where(masked, 0.0, kept_sum.log() - target_log_prob)
+        return losses.squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        target_index, kept_probs, kept_sum, masked = ctx.saved_tensors
+        upstream = torch.where(masked, 0.0, upstream.unsqueeze(-1))
+        grad = kept_probs * (upstream / kept_sum)
+        return None, grad.scatter_add_(-1, target_index, -upstream), None
+
+
+def fused_sparse_as_softmax_loss(target_index, logits, delta):
+    """Per-position sparse AS-Softmax loss of `logits` (classes last) for
+    `target_index` (their shape, last axis 1) and a float or tensor `delta`."""
+    return _SparseASSoftmaxLoss.apply(target_index, logits, delta)
+
+
 @torch.compiler.disable
 def _is_true(flag):
     """`bool(flag)`; under `torch.compile` a quiet graph break, not a warning."""
