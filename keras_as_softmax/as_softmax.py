@@ -425,8 +425,8 @@ def _prepare_sparse(y_true, y_pred, from_logits, ignore_class, axis):
         raise ValueError(
             "`y_true` must hold one class id per position of `y_pred`, shape "
             f"{expected}; received y_true.shape={tuple(targets.shape)} and "
-            f"y_pred.shape={tuple(ops.shape(y_pred))}. For one-hot targets "
-            "use `as_softmax_crossentropy`."
+            f"y_pred.shape={tuple(ops.convert_to_tensor(y_pred).shape)}. For "
+            "one-hot targets use `as_softmax_crossentropy`."
         )
     _check_class_ids(targets, logits.shape[-1], ignore_class)
     valid = None

@@ -14,6 +14,9 @@ gradients. The training step itself is backend-specific and lives in
 `keras_as_softmax.backend`; this module holds what the backends share.
 """
 
+import math
+import numbers
+
 import keras
 from keras import ops
 from keras import tree
@@ -123,6 +126,12 @@ class AdaptiveModel(AdaptiveTrainer):
             with self._distribution_scope():
                 self.gradient_accumulator.build(self.trainable_variables)
         return super().make_train_function(force=force)
+
+    def make_test_function(self, force=False):
+        # Raise before a step runs: on JAX an error inside the first step
+        # leaves the model's variables emptied.
+        self._as_softmax_loss()
+        return super().make_test_function(force=force)
 
     def fit(self, *args, **kwargs):
         if len(args) > 5:  # `callbacks` given by position.
@@ -263,7 +272,7 @@ class GradientAccumulator(keras.metrics.Metric):
         """Checks and sets the window rule's settings."""
         if (
             isinstance(max_accumulation_steps, bool)
-            or not isinstance(max_accumulation_steps, int)
+            or not isinstance(max_accumulation_steps, numbers.Integral)
             or max_accumulation_steps < 1
         ):
             raise ValueError(
@@ -273,14 +282,14 @@ class GradientAccumulator(keras.metrics.Metric):
             )
         if (
             isinstance(accumulation_lambda, bool)
-            or not isinstance(accumulation_lambda, (int, float))
-            or not accumulation_lambda >= 0
+            or not isinstance(accumulation_lambda, numbers.Real)
+            or not 0 <= accumulation_lambda < math.inf
         ):
             raise ValueError(
-                "`accumulation_lambda` must be a number >= 0 (the reference "
-                f"uses 1.0); received {accumulation_lambda!r}."
+                "`accumulation_lambda` must be a finite number >= 0 (the "
+                f"reference uses 1.0); received {accumulation_lambda!r}."
             )
-        self.max_accumulation_steps = max_accumulation_steps
+        self.max_accumulation_steps = int(max_accumulation_steps)
         self.accumulation_lambda = float(accumulation_lambda)
 
     def _counter(self, name, initial_value=0):
@@ -382,9 +391,15 @@ class GradientAccumulator(keras.metrics.Metric):
     def logs(self, window=None, updates=None):
         """AS-Speed's training logs: the window and the update count, by
         default those in the variables."""
+        # Tensors, not the variables themselves: an eager TensorFlow step
+        # (`run_eagerly=True`) cannot return a variable.
         return {
-            "accumulation_steps": self.window.value if window is None else window,
-            "optimizer_updates": self.updates.value if updates is None else updates,
+            "accumulation_steps": ops.convert_to_tensor(
+                self.window if window is None else window
+            ),
+            "optimizer_updates": ops.convert_to_tensor(
+                self.updates if updates is None else updates
+            ),
         }
 
     def get_config(self):

@@ -12,17 +12,19 @@ after a callback changes them, and appear in the logs.
 """
 
 import math
+import numbers
 
 import keras
+import numpy as np
 from keras import ops
 from keras import tree
 
 from keras_as_softmax._keras_private import unlocked
 from keras_as_softmax._keras_private import untrack
 from keras_as_softmax.as_softmax import ASLoss
-from keras_as_softmax.as_softmax import validate_delta
 
 
+@keras.saving.register_keras_serializable(package="keras_as_softmax")
 class DeltaWarmup(keras.callbacks.Callback):
     """Warms up the delta of a model's AS-Softmax losses during `fit`.
 
@@ -49,7 +51,19 @@ class DeltaWarmup(keras.callbacks.Callback):
 
     def __init__(self, initial_delta=1.0, warmup_steps=None, warmup_fraction=None):
         super().__init__()
-        self.initial_delta = validate_delta(initial_delta, allow_tensor=False)
+        if isinstance(initial_delta, np.ndarray) and initial_delta.ndim == 0:
+            initial_delta = initial_delta.item()
+        if isinstance(initial_delta, bool) or not isinstance(initial_delta, numbers.Real):
+            raise TypeError(
+                "`initial_delta` must be a number in [0, 1] (1.0 starts as "
+                "plain softmax cross-entropy); received "
+                f"{type(initial_delta).__name__}: {initial_delta!r}."
+            )
+        if not 0 <= initial_delta <= 1:
+            raise ValueError(
+                "`initial_delta` must be in [0, 1] (1.0 starts as plain "
+                f"softmax cross-entropy); received initial_delta={initial_delta}."
+            )
         if (warmup_steps is None) == (warmup_fraction is None):
             raise ValueError(
                 "Pass exactly one of `warmup_steps` and `warmup_fraction`; "
@@ -57,21 +71,43 @@ class DeltaWarmup(keras.callbacks.Callback):
                 f"warmup_fraction={warmup_fraction}."
             )
         if warmup_steps is not None and (
-            not isinstance(warmup_steps, int) or warmup_steps < 1
+            isinstance(warmup_steps, bool)
+            or not isinstance(warmup_steps, numbers.Integral)
+            or warmup_steps < 1
         ):
             raise ValueError(
-                f"`warmup_steps` must be a positive integer; received {warmup_steps!r}."
+                "`warmup_steps` must be a positive integer (a number of "
+                f"batches); received {warmup_steps!r}."
             )
-        if warmup_fraction is not None and not 0 < warmup_fraction <= 1:
+        if warmup_fraction is not None and (
+            isinstance(warmup_fraction, bool)
+            or not isinstance(warmup_fraction, numbers.Real)
+            or not 0 < warmup_fraction <= 1
+        ):
             raise ValueError(
-                f"`warmup_fraction` must be in (0, 1]; received {warmup_fraction!r}."
+                "`warmup_fraction` must be in (0, 1] (a number: the fraction "
+                f"of all training batches); received {warmup_fraction!r}."
             )
-        self.warmup_steps = warmup_steps
-        self.warmup_fraction = warmup_fraction
+        self.initial_delta = float(initial_delta)
+        self.warmup_steps = None if warmup_steps is None else int(warmup_steps)
+        self.warmup_fraction = (
+            None if warmup_fraction is None else float(warmup_fraction)
+        )
         self._trackers = {}
         self._epoch = 0
         self._batches_seen = 0
         self._progress = None
+
+    def get_config(self):
+        return {
+            "initial_delta": self.initial_delta,
+            "warmup_steps": self.warmup_steps,
+            "warmup_fraction": self.warmup_fraction,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def on_train_begin(self, logs=None):
         model = self.model

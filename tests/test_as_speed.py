@@ -302,18 +302,6 @@ def test_multilabel_loss(jit_compile):
     )
 
 
-class StopAt(keras.callbacks.Callback):
-    """Raises at the start of epoch `epoch`: a crash between two epochs."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise RuntimeError("interrupted")
-
-
 def open_window_model(jit_compile):
     model = dense_model(
         AdaptiveSequential, max_accumulation_steps=3, accumulation_lambda=3.0
@@ -324,33 +312,6 @@ def open_window_model(jit_compile):
         jit_compile=jit_compile,
     )
     return model
-
-
-@JIT
-def test_backup_and_restore_resumes_inside_a_window(tmp_path, jit_compile):
-    # 4 batches an epoch, windows 2, 3, 3...: epoch 1 ends inside a window.
-    x, y = regression_data(4)
-    uninterrupted = open_window_model(jit_compile)
-    uninterrupted.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
-
-    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
-    model = open_window_model(jit_compile)
-    with pytest.raises(RuntimeError, match="interrupted"):
-        model.fit(
-            x, y, batch_size=8, epochs=3, shuffle=False, verbose=0,
-            callbacks=[backup, StopAt(1)],
-        )
-    accumulator = model.gradient_accumulator
-    assert int(accumulator.micro_step.numpy()) == 2  # The crash left a window open.
-    resumed = open_window_model(jit_compile)
-    resumed.fit(
-        x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[backup]
-    )
-    assert int(resumed.optimizer.iterations.numpy()) == int(
-        uninterrupted.optimizer.iterations.numpy()
-    )
-    for actual, expected in zip(resumed.get_weights(), uninterrupted.get_weights()):
-        np.testing.assert_allclose(actual, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("route", ["subclass", "functional", "sequential"])
@@ -406,24 +367,6 @@ def test_bad_settings_and_losses_raise_clear_errors():
     x, y = regression_data(2)
     with pytest.raises(ValueError, match="single AS-Softmax loss"):
         model.fit(x, y, verbose=0)
-
-
-@pytest.fixture
-def mixed_float16():
-    keras.mixed_precision.set_dtype_policy("mixed_float16")
-    yield
-    keras.mixed_precision.set_dtype_policy("float32")
-
-
-@JIT
-def test_mixed_precision_loss_scaling_with_an_open_window(mixed_float16, jit_compile):
-    x, y = regression_data(4)  # Windows 2 and an open 2, applied at the end.
-    model = open_window_model(jit_compile)
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    history = model.fit(x, y, batch_size=8, shuffle=False, verbose=0).history
-    assert np.isfinite(history["loss"][-1])
-    assert int(model.optimizer.iterations.numpy()) == 2
-    assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
 class RecordAtTrainEnd(keras.callbacks.Callback):

@@ -122,7 +122,6 @@ def test_model_without_as_loss():
         ({"warmup_steps": 3, "warmup_fraction": 0.5}, ValueError, "exactly one of"),
         ({"warmup_steps": 0}, ValueError, "`warmup_steps` must be a positive integer"),
         ({"warmup_fraction": 1.5}, ValueError, r"`warmup_fraction` must be in \(0, 1\]"),
-        ({"warmup_steps": 3, "initial_delta": 2.0}, ValueError, "`delta` must be in"),
     ],
 )
 def test_bad_arguments(kwargs, error, message):

@@ -82,14 +82,20 @@ class AdaptiveTrainer:
         def accumulate(trainable, optimizer_state, totals):
             return trainable, optimizer_state, window_sums(totals)
 
-        trainable, optimizer_state, totals = jax.lax.cond(
-            is_update,
-            update,
-            accumulate,
+        operands = (
             trainable,
             optimizer_state,
             [value(total) for total in accumulator.gradients],
         )
+        if isinstance(is_update, jax.core.Tracer):
+            trainable, optimizer_state, totals = jax.lax.cond(
+                is_update, update, accumulate, *operands
+            )
+        else:
+            # Eager (`jit_compile=False`): an untraced `lax.cond` would trace
+            # and compile both branches again at every batch.
+            branch = update if bool(is_update) else accumulate
+            trainable, optimizer_state, totals = branch(*operands)
         assign(accumulator.window, window)
         assign(accumulator.micro_step, jax.numpy.where(is_update, 0, micro_step + 1))
         updates = value(accumulator.updates) + is_update
