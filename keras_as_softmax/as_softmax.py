@@ -540,9 +540,8 @@ def _align_weights(sample_weight, values):
 def _keep_mask(target_index, logits, delta):
     """Returns `(probs, target_log_prob, target_prob, keep)`.
 
-    `keep` is `p_i >= p_t - delta`, on `p = exp(log_softmax(logits))`.
-    `p_t - delta <= p_t` in floating point too, so the target is always
-    kept. The mask is a comparison: no gradient flows through it. The
+    `keep` is `z_i >= z_t or p_i >= p_t - delta`, on
+    `p = exp(log_softmax(logits))`: the target is always kept. The mask is a comparison: no gradient flows through it. The
     PyTorch kernel (`keras_as_softmax.backend.torch`) makes the same
     comparison on the same values, so masks and losses agree there.
     """
@@ -552,7 +551,13 @@ def _keep_mask(target_index, logits, delta):
     target_prob = ops.take_along_axis(probs, target_index, axis=-1)
     if not isinstance(delta, float):
         delta = ops.cast(delta, logits.dtype)
-    keep = ops.greater_equal(probs, target_prob - delta)
+    # Classes at or above the target's logit are kept whatever `exp`'s
+    # rounding (TensorFlow rounds equal inputs differently within a row).
+    target_logit = ops.take_along_axis(logits, target_index, axis=-1)
+    keep = ops.logical_or(
+        ops.greater_equal(logits, target_logit),
+        ops.greater_equal(probs, target_prob - delta),
+    )
     return probs, target_log_prob, target_prob, keep
 
 

@@ -176,8 +176,8 @@ def _keep_masks(positive, logits, delta):
 
     The probability tests become thresholds on the logits: with the row's
     maximum `m` and `S = sum(exp(s - m))`, a negative is kept iff
-    `s_i >= m + log(exp(min_P s - m) - delta * S)` and a positive iff
-    `s_j <= m + log(exp(max_N s - m) + delta * S)`. Both are monotone in the
+    `s_i >= log(exp(min_P s) - delta * S * exp(m))` and a positive iff
+    `s_j <= log(exp(max_N s) + delta * S * exp(m))`. Both are monotone in the
     logit, so some negative is kept iff the largest negative is, and some
     positive iff the smallest positive is: the shifts that keep the two
     log-sum-exps stable, `max(0, max_N s)` and `max(0, -min_P s)` (0 where
@@ -186,9 +186,11 @@ def _keep_masks(positive, logits, delta):
     logits = ops.stop_gradient(logits)
     negative = ops.logical_not(positive)
     row_max = ops.amax(logits, axis=-1, keepdims=True)
-    margin = delta * ops.sum(ops.exp(logits - row_max), axis=-1, keepdims=True)
+    log_margin = ops.log(
+        delta * ops.sum(ops.exp(logits - row_max), axis=-1, keepdims=True)
+    )
     if not isinstance(delta, float):
-        margin = ops.cast(margin, logits.dtype)
+        log_margin = ops.cast(log_margin, logits.dtype)
     max_negative = ops.amax(
         ops.where(negative, logits, -np.inf), axis=-1, keepdims=True
     )
@@ -197,15 +199,17 @@ def _keep_masks(positive, logits, delta):
     )
     has_positive = ops.any(positive, axis=-1, keepdims=True)
     has_negative = ops.any(negative, axis=-1, keepdims=True)
-    gap = ops.exp(ops.minimum(min_positive - row_max, 0.0)) - margin
+    # In log space, so that nothing underflows: exactly `min_P s` and
+    # `max_N s` at delta 0, and never on the wrong side of them.
+    ratio = row_max + log_margin - min_positive
     negative_floor = ops.where(
-        ops.logical_and(has_positive, gap > 0),
-        row_max + ops.log(ops.where(gap > 0, gap, 1.0)),
+        ops.logical_and(has_positive, ratio < 0),
+        min_positive + ops.log1p(-ops.exp(ops.minimum(ratio, 0.0))),
         -np.inf,
     )
     positive_ceiling = ops.where(
         has_negative,
-        row_max + ops.log(ops.exp(max_negative - row_max) + margin),
+        ops.logaddexp(max_negative, row_max + log_margin),
         np.inf,
     )
     keep = ops.where(

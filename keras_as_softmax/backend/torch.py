@@ -40,7 +40,9 @@ class _SparseASSoftmaxLoss(torch.autograd.Function):
         target_log_prob = probs.gather(-1, target_index)
         probs.exp_()
         target_prob = probs.gather(-1, target_index)
-        probs.masked_fill_(probs < target_prob - delta, 0.0)
+        dropped = probs < target_prob - delta
+        dropped &= logits < logits.gather(-1, target_index)
+        probs.masked_fill_(dropped, 0.0)
         kept_sum = probs.sum(-1, keepdim=True)
         # Only the target kept: its sum is exactly `p_t`, and the loss 0.
         masked = kept_sum == target_prob

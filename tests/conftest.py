@@ -1,0 +1,23 @@
+"""Hypothesis profiles: `default` for the test suite, `fuzz` for long runs.
+
+Choose one with the environment variable `HYPOTHESIS_PROFILE` (e.g.
+`HYPOTHESIS_PROFILE=fuzz`, as `scripts/fuzz.sh` does).
+"""
+
+import os
+
+from hypothesis import HealthCheck
+from hypothesis import settings
+
+_COMMON = dict(
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+# Few examples, always the same ones: reproducible and fast.
+settings.register_profile("default", max_examples=12, derandomize=True, **_COMMON)
+# 1000 random examples per property test: at least 10,000 per backend.
+settings.register_profile("fuzz", max_examples=1000, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
