@@ -527,11 +527,25 @@ def _values_if_known(x):
 
 
 def _align_weights(sample_weight, values):
-    """Gives `sample_weight` the rank of `values` (trailing axes of size 1)."""
+    """Gives `sample_weight` the rank of `values` (trailing axes of size 1).
+
+    Raises unless the weights' shape is a prefix of the values' shape, up to
+    axes of size 1: anything else would broadcast silently.
+    """
     sample_weight = ops.convert_to_tensor(sample_weight)
     rank = len(values.shape)
     if len(sample_weight.shape) == rank + 1 and sample_weight.shape[-1] == 1:
         sample_weight = ops.squeeze(sample_weight, axis=-1)
+    weight_shape = tuple(sample_weight.shape)
+    if len(weight_shape) > rank or not all(
+        a in (None, 1) or b is None or a == b
+        for a, b in zip(weight_shape, values.shape)
+    ):
+        raise ValueError(
+            "`sample_weight` must have the shape of the per-sample losses, "
+            f"{tuple(values.shape)}, or a prefix of it (e.g. one weight per "
+            f"sample); received sample_weight.shape={weight_shape}."
+        )
     while len(sample_weight.shape) < rank:
         sample_weight = ops.expand_dims(sample_weight, -1)
     return sample_weight

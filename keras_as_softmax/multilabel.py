@@ -22,6 +22,7 @@ from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import _align_weights
 from keras_as_softmax.as_softmax import _class_last_logits
 from keras_as_softmax.as_softmax import _shapes_match
+from keras_as_softmax.as_softmax import _values_if_known
 from keras_as_softmax.as_softmax import validate_delta
 
 
@@ -163,6 +164,13 @@ def _prepare(y_true, y_pred, from_logits):
             "`y_true` must be multi-hot with the shape of `y_pred`; received "
             f"y_true.shape={tuple(y_true.shape)} and "
             f"y_pred.shape={tuple(logits.shape)}."
+        )
+    labels = _values_if_known(y_true)
+    if labels is not None and not np.isin(labels, (0, 1)).all():
+        raise ValueError(
+            "`y_true` must be multi-hot: 1 for each positive label, 0 "
+            "elsewhere. Soft or smoothed labels are not supported: AS-Softmax "
+            "needs to know which labels are positive."
         )
     if not from_logits:
         epsilon = keras.backend.epsilon()

@@ -158,6 +158,70 @@ def test_class_ids_out_of_range_per_token(bad_id):
         sparse_as_softmax_mask(y, logits, ignore_class=-1)
 
 
+def test_multilabel_targets_must_be_zero_or_one():
+    logits = RNG.standard_normal((4, NUM_CLASSES)).astype("float32")
+    soft = np.full((4, NUM_CLASSES), 0.2, "float32")
+    soft[:, 0] = 0.9
+    match = r"`y_true` must be multi-hot: 1 for each positive label, 0 elsewhere"
+    for labels in (soft, 2 * (soft > 0.5).astype("int32")):
+        with pytest.raises(ValueError, match=match):
+            multilabel_as_softmax_crossentropy(labels, logits)
+        with pytest.raises(ValueError, match=match):
+            multilabel_as_softmax_mask(labels, logits)
+        with pytest.raises(ValueError, match=match):
+            MultiLabelASSoftmaxCrossentropy()(labels, logits)
+    model = model_with(
+        MultiLabelASSoftmaxCrossentropy(), keras.Sequential, False, run_eagerly=True
+    )
+    with pytest.raises(ValueError, match=match):
+        fit(model, np.full((8, NUM_CLASSES), 0.5, "float32"))
+
+
+# sample_weight: the shape of the per-sample losses or a prefix of it.
+
+WEIGHT_SHAPE = r"`sample_weight` must have the shape of the per-sample losses"
+
+
+@pytest.mark.parametrize("weight_shape", [(2, 2), (3,), (2, 3, 2), (3, 1)])
+def test_sample_weight_that_would_broadcast(weight_shape):
+    ids = np.array([[1, 2, 0], [3, 4, 0]], "int32")
+    logits = RNG.standard_normal((2, 3, NUM_CLASSES)).astype("float32")
+    labels = (logits > 0).astype("float32")
+    weights = np.ones(weight_shape, "float32")
+    sparse = SparseASSoftmaxCrossentropy(ignore_class=0)
+    multilabel = MultiLabelASSoftmaxCrossentropy()
+    calls = [
+        lambda: sparse(ids, logits, sample_weight=weights),
+        lambda: sparse.masked_counts(ids, logits, sample_weight=weights),
+        lambda: sparse_as_softmax_mask(ids, logits, sample_weight=weights),
+        lambda: multilabel(labels, logits, sample_weight=weights),
+        lambda: multilabel_as_softmax_mask(labels, logits, sample_weight=weights),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=WEIGHT_SHAPE + r".*\(2, 3\)"):
+            call()
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["model", "adaptive"])
+def test_square_sample_weight_in_fit(adaptive):
+    cls = AdaptiveSequential if adaptive else keras.Sequential
+    model = model_with(SparseASSoftmaxCrossentropy(), cls)
+    with pytest.raises(ValueError, match=WEIGHT_SHAPE):
+        fit(model, IDS, sample_weight=np.ones((8, 8), "float32"))
+
+
+def test_sample_weight_shapes_that_are_fine():
+    ids = np.array([[1, 2, 0], [3, 4, 0]], "int32")
+    logits = RNG.standard_normal((2, 3, NUM_CLASSES)).astype("float32")
+    loss = SparseASSoftmaxCrossentropy(delta=1.0, reduction="sum")
+    full = float(loss(ids, logits))
+    for weights in (2.0, np.full((2,), 2.0), np.full((2, 1), 2.0),
+                    np.full((2, 3), 2.0), np.full((2, 3, 1), 2.0)):
+        np.testing.assert_allclose(
+            float(loss(ids, logits, sample_weight=weights)), 2 * full, rtol=1e-6
+        )
+
+
 # delta: outside [0, 1] or not a number, wherever it is given.
 
 BAD_DELTAS = [(-0.1, ValueError), (1.01, ValueError), (float("nan"), ValueError),
