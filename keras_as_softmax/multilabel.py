@@ -165,6 +165,16 @@ def _prepare(y_true, y_pred, from_logits):
             f"y_true.shape={tuple(y_true.shape)} and "
             f"y_pred.shape={tuple(logits.shape)}."
         )
+    _check_multi_hot(y_true)
+    if not from_logits:
+        epsilon = keras.backend.epsilon()
+        probs = ops.clip(logits, epsilon, 1.0 - epsilon)
+        logits = ops.log(probs) - ops.log1p(-probs)
+    return ops.greater(y_true, 0.5), logits
+
+
+def _check_multi_hot(y_true):
+    """Raises for targets that are not 0/1 when their values are known."""
     labels = _values_if_known(y_true)
     if labels is not None and not np.isin(labels, (0, 1)).all():
         raise ValueError(
@@ -172,11 +182,6 @@ def _prepare(y_true, y_pred, from_logits):
             "elsewhere. Soft or smoothed labels are not supported: AS-Softmax "
             "needs to know which labels are positive."
         )
-    if not from_logits:
-        epsilon = keras.backend.epsilon()
-        probs = ops.clip(logits, epsilon, 1.0 - epsilon)
-        logits = ops.log(probs) - ops.log1p(-probs)
-    return ops.greater(y_true, 0.5), logits
 
 
 def _keep_masks(positive, logits, delta):
