@@ -1,9 +1,11 @@
-"""Fashion-MNIST with a small CNN: softmax vs AS-Softmax vs AS-Speed.
+"""Fashion-MNIST, small CNN: softmax vs AS-Softmax vs AS-Speed (+ skipping).
 
 Trains the same CNN (two convolution blocks, one hidden dense layer) with the
-same seeds and budget once per loss, and reports best test accuracy (the
-10000 test images serve as validation), its epoch, wall time, optimizer
-updates and the final masked ratio; saves `fashion_mnist.png`.
+same seeds and budget once per method (softmax CE, AS-Softmax, AS-Speed,
+AS-Speed + skipping), and reports best test accuracy (the 10000 test images
+serve as validation), its epoch, steady-state ms per batch, wall time and
+time to the target, optimizer updates, the final masked ratio and the
+backward fraction; saves `fashion_mnist.png`.
 
 Data: `keras.datasets.fashion_mnist` when online, else Debian's
 `dataset-fashion-mnist` (`apt-get install dataset-fashion-mnist`).

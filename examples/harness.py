@@ -3,8 +3,10 @@
 Every example imports this module before Keras, so that `--backend NAME`
 chooses the Keras backend before Keras loads. An example describes its task
 (data, model, metric) as a `Task`; `main` trains the same model, with the same
-seeds and budget, once per loss (`Method`), prints a per-epoch line while it
-runs, then a table, and saves a plot.
+seeds and budget, once per `Method` (Keras's loss, AS-Softmax, AS-Speed and
+AS-Speed + skipping), prints a per-epoch line while it runs, then a table, and
+saves a plot. `benchmarks/as_speed.py` runs the same comparison and reports
+it with other columns.
 """
 
 import os
@@ -38,7 +40,11 @@ from keras_as_softmax import AdaptiveModel  # noqa: E402
 from keras_as_softmax import MultiLabelASSoftmaxCrossentropy  # noqa: E402
 from keras_as_softmax import SparseASSoftmaxCrossentropy  # noqa: E402
 
-AS_SPEED = "AS-Softmax + AS-Speed"
+AS_SOFTMAX = "AS-Softmax"
+AS_SPEED = "AS-Speed"
+AS_SKIPPING = "AS-Speed + skipping"
+# The target: this fraction of the reference method's best validation metric.
+TARGET_FRACTION = 0.995
 
 
 @dataclasses.dataclass
@@ -76,20 +82,27 @@ class Task:
 
 @dataclasses.dataclass
 class Method:
-    """One loss to compare.
+    """One loss, and way of training with it, to compare.
 
     Args:
         name: Name in the table and the legend.
         loss: `loss() -> keras.losses.Loss`, a fresh loss.
-        adaptive: Train with `AdaptiveModel` (AS-Speed).
+        adaptive: Train with `AdaptiveModel` (AS-Speed's gradient
+            accumulation).
+        skip_masked: With `adaptive`, back-propagate only the samples that
+            the loss does not mask (`AdaptiveModel(skip_masked=True)`).
         one_hot: Give the loss one-hot targets (Keras's label smoothing and
             focal loss need them).
+        reference: The target is `TARGET_FRACTION` of this method's best
+            validation metric in the same seed (one method per comparison).
     """
 
     name: str
     loss: Callable
     adaptive: bool = False
+    skip_masked: bool = False
     one_hot: bool = False
+    reference: bool = False
 
 
 def accuracy(one_hot=False):
@@ -100,11 +113,21 @@ def accuracy(one_hot=False):
 
 
 def methods_for(task, delta, baselines=False):
-    """The losses compared for a task: Keras's baseline(s), AS-Softmax, AS-Speed."""
+    """The methods compared for a task: Keras's baseline(s), AS-Softmax,
+    AS-Speed and AS-Speed + skipping.
+
+    The reference (for the target) is softmax cross-entropy: Keras's for a
+    single-label or token task, the multi-label AS loss at delta 1 (which
+    keeps every class) for a multi-label task.
+    """
     if task.kind == "multilabel":
         plain = [
             Method("binary CE", lambda: keras.losses.BinaryCrossentropy(from_logits=True)),
-            Method("multi-label CE", lambda: MultiLabelASSoftmaxCrossentropy(delta=1.0)),
+            Method(
+                "multi-label CE",
+                lambda: MultiLabelASSoftmaxCrossentropy(delta=1.0),
+                reference=True,
+            ),
         ]
         as_loss = lambda: MultiLabelASSoftmaxCrossentropy(delta=delta)  # noqa: E731
     else:
@@ -115,6 +138,7 @@ def methods_for(task, delta, baselines=False):
                 lambda: keras.losses.SparseCategoricalCrossentropy(
                     from_logits=True, ignore_class=ignore_class
                 ),
+                reference=True,
             )
         ]
         as_loss = lambda: SparseASSoftmaxCrossentropy(  # noqa: E731
@@ -138,8 +162,9 @@ def methods_for(task, delta, baselines=False):
     elif baselines:
         raise SystemExit("--baselines is for single-label tasks only.")
     return plain + [
-        Method(f"AS-Softmax d={delta}", as_loss),
+        Method(AS_SOFTMAX, as_loss),
         Method(AS_SPEED, as_loss, adaptive=True),
+        Method(AS_SKIPPING, as_loss, adaptive=True, skip_masked=True),
     ]
 
 
@@ -160,7 +185,12 @@ def device_description():
 
 
 class EpochTrace(keras.callbacks.Callback):
-    """Records, after each epoch, the logs, the wall time and the updates."""
+    """Records, after each epoch, the logs, the times and the updates.
+
+    `seconds` is the fit time so far (compilation and validation included);
+    `train_seconds` is this epoch's training batches alone, timed up to the
+    start of validation once the last training step has finished.
+    """
 
     def __init__(self, label, monitor, epochs):
         super().__init__()
@@ -170,14 +200,35 @@ class EpochTrace(keras.callbacks.Callback):
         self.start = time.perf_counter()
         self.rows = []
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start, self.train_end = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self.train_end is None:  # Validation inside `fit`.
+            self._finish_training_steps()
+
+    def _finish_training_steps(self):
+        # Reading a value the last step wrote waits for that step (JAX and
+        # a GPU run asynchronously).
+        self.updates = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.train_end = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
+        if self.train_end is None:
+            self._finish_training_steps()
         row = {key: float(value) for key, value in logs.items()}
         row["seconds"] = time.perf_counter() - self.start
-        row["updates"] = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        row["train_seconds"] = self.train_end - self.epoch_start
+        row["updates"] = self.updates
         self.rows.append(row)
+        extra = "".join(
+            f", {key.replace('_', ' ')} {row[key]:.2f}"
+            for key in ("masked_ratio", "backward_fraction")
+            if key in row
+        )
         print(
             f"  {self.label} epoch {epoch + 1}/{self.epochs}: loss {row['loss']:.4f}, "
-            f"{self.monitor} {row[self.monitor]:.4f}, {row['seconds']:.1f} s",
+            f"{self.monitor} {row[self.monitor]:.4f}{extra}, {row['seconds']:.1f} s",
             flush=True,
         )
 
@@ -206,12 +257,15 @@ def _targets(y, method, task):
 
 
 def train_once(task, method, seed, epochs, batch_size, max_accumulation_steps):
-    """Trains one model with one loss and seed; returns its per-epoch record."""
+    """Trains one model with one method and seed; returns its per-epoch record."""
     keras.utils.set_random_seed(seed)
     inputs, outputs = task.build(seed)
     if method.adaptive:
         model = AdaptiveModel(
-            inputs, outputs, max_accumulation_steps=max_accumulation_steps
+            inputs,
+            outputs,
+            max_accumulation_steps=max_accumulation_steps,
+            skip_masked=method.skip_masked,
         )
     else:
         model = keras.Model(inputs, outputs)
@@ -241,6 +295,9 @@ def train_once(task, method, seed, epochs, batch_size, max_accumulation_steps):
     masked = None
     if hasattr(loss, "masked_counts"):
         masked = final_masked_ratio(model, loss, task.train)
+    backward = None
+    if method.skip_masked:
+        backward = float(np.mean([row["backward_fraction"] for row in trace.rows]))
     return {
         "rows": trace.rows,
         "best": scores[best],
@@ -248,9 +305,27 @@ def train_once(task, method, seed, epochs, batch_size, max_accumulation_steps):
         "seconds": trace.rows[-1]["seconds"],
         "updates": trace.rows[-1]["updates"],
         "masked": masked,
+        "backward": backward,
         "monitor": monitor,
         "steps_per_epoch": int(np.ceil(len(y) / batch_size)),
     }
+
+
+def compare(task, methods, args):
+    """Trains every method for every seed: `{method name: [record per seed]}`.
+
+    Within a seed the methods train one after another, their order rotated
+    by one per seed, so that on a shared machine they see the same load.
+    """
+    results = {method.name: [] for method in methods}
+    for seed in range(args.seeds):
+        shift = seed % len(methods)
+        for method in methods[shift:] + methods[:shift]:
+            results[method.name].append(
+                train_once(task, method, seed, args.epochs, args.batch_size,
+                           args.max_accumulation_steps)
+            )
+    return results
 
 
 def mean_spread(values, fmt):
@@ -263,47 +338,161 @@ def mean_spread(values, fmt):
     return f"{np.mean(values):{fmt}} ± {np.std(values):{fmt}}"
 
 
-def print_table(task, results, args):
-    """Prints one row per method: mean ± std over the seeds."""
+def _steady_seconds(run, epochs=None):
+    """Median training seconds of `epochs` (indices; default every epoch
+    after the first, which compiles), or None when there is none."""
+    if epochs is None:
+        epochs = range(1, len(run["rows"]))
+    seconds = [run["rows"][i]["train_seconds"] for i in epochs]
+    return float(np.median(seconds)) if seconds else None
+
+
+def ms_per_batch(run, epochs=None):
+    """Steady-state ms per training batch of one run: an epoch's training
+    seconds per batch, median over `epochs` (as in `_steady_seconds`)."""
+    seconds = _steady_seconds(run, epochs)
+    return None if seconds is None else 1000 * seconds / run["steps_per_epoch"]
+
+
+def compile_seconds(run):
+    """First epoch's training seconds minus a steady epoch's: compilation
+    and warm-up."""
+    steady = _steady_seconds(run)
+    return None if steady is None else run["rows"][0]["train_seconds"] - steady
+
+
+def time_to_target(run, target):
+    """Fit seconds until the end of the first epoch whose validation metric
+    reaches `target`; None if none does."""
+    for row in run["rows"]:
+        if row[run["monitor"]] >= target:
+            return row["seconds"]
+    return None
+
+
+def target_per_seed(methods, results):
+    """`(reference name, [target per seed])`: `TARGET_FRACTION` of the
+    reference method's best validation metric in each seed."""
+    reference = next(method.name for method in methods if method.reference)
+    return reference, [TARGET_FRACTION * run["best"] for run in results[reference]]
+
+
+def _ratios(numerators, denominators):
+    return [
+        None if a is None or not b else a / b
+        for a, b in zip(numerators, denominators)
+    ]
+
+
+# What the less obvious columns of `summary` mean, printed under a table.
+COLUMN_NOTES = {
+    "ms/batch": "steady-state training time per batch: an epoch's training "
+    "time (validation left out) / its batches, median over the epochs after "
+    "the first",
+    "speedup": f"{AS_SOFTMAX}'s ms/batch / this method's, per seed",
+    "compile s": "first epoch's training time minus a steady epoch's "
+    "(compilation and warm-up)",
+    "wall s": "fit time, compilation and validation included",
+    "s to target": "fit seconds until the end of the first epoch that reaches "
+    "the target, over the seeds that reach it",
+    "reached": "seeds that reach the target",
+    "to-target speedup": "the reference's s to target / this method's, per seed",
+    "final masked": "fraction of training samples whose AS-Softmax loss is 0 "
+    "after training (the sample is already learned)",
+    "backward": "mean over the epochs of the fraction of each batch's samples "
+    f"back-propagated ({AS_SKIPPING} only)",
+}
+
+
+def summary(methods, results):
+    """`{method name: {column: cell}}`: every column the tables can show,
+    each cell `mean ± std` over the seeds."""
+    reference, target = target_per_seed(methods, results)
+    base_ms = [ms_per_batch(run) for run in results[AS_SOFTMAX]]
+    base_time = [time_to_target(run, t) for run, t in zip(results[reference], target)]
+    cells = {}
+    for name, runs in results.items():
+        ms = [ms_per_batch(run) for run in runs]
+        to_target = [time_to_target(run, t) for run, t in zip(runs, target)]
+        cells[name] = {
+            "best": mean_spread([r["best"] for r in runs], ".4f"),
+            "epoch of best": mean_spread([r["best_epoch"] for r in runs], ".1f"),
+            "ms/batch": mean_spread(ms, ".2f"),
+            "speedup": mean_spread(_ratios(base_ms, ms), ".2f"),
+            "compile s": mean_spread([compile_seconds(r) for r in runs], ".1f"),
+            "wall s": mean_spread([r["seconds"] for r in runs], ".1f"),
+            "s to target": mean_spread(to_target, ".1f"),
+            "reached": f"{sum(t is not None for t in to_target)}/{len(runs)}",
+            "to-target speedup": mean_spread(_ratios(base_time, to_target), ".2f"),
+            "updates": mean_spread([r["updates"] for r in runs], ".0f"),
+            "final masked": mean_spread([r["masked"] for r in runs], ".1%"),
+            "backward": mean_spread([r["backward"] for r in runs], ".2f"),
+        }
+    return cells
+
+
+def markdown_table(header, rows):
+    """The lines of a markdown table, padded so that its columns line up;
+    the first column is aligned left, the others right."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells):
+        padded = [f"{cells[0]:<{widths[0]}}"]
+        padded += [f"{cell:>{width}}" for cell, width in zip(cells[1:], widths[1:])]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(
+        "-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)
+    ) + "|"
+    return [line(header), rule, *(line([str(c) for c in row]) for row in rows)]
+
+
+TABLE_COLUMNS = ("best", "epoch of best", "ms/batch", "speedup", "wall s",
+                 "s to target", "reached", "updates", "final masked", "backward")
+
+
+def print_table(task, methods, results, args, columns=TABLE_COLUMNS):
+    """Prints a markdown table of `columns` (keys of `summary`'s cells), one row
+    per method, mean ± std over the seeds; then the target and what the
+    columns mean."""
     monitor = next(iter(results.values()))[0]["monitor"]
     print(
         f"\n{task.title}; backend {keras.backend.backend()} on {device_description()}; "
         f"{args.seeds} seed(s), {args.epochs} epochs, batch {args.batch_size}, "
-        f"delta {args.delta}; mean ± std over seeds"
+        f"delta {args.delta}, max accumulation steps {args.max_accumulation_steps}; "
+        "mean ± std over seeds"
     )
-    header = (
-        f"{'method':<24} {'best ' + monitor:>22} {'epoch of best':>14} "
-        f"{'wall time s':>14} {'optimizer updates':>18} {'final masked':>14}"
-    )
-    print(header)
-    print("-" * len(header))
-    for name, runs in results.items():
-        print(
-            f"{name:<24} {mean_spread([r['best'] for r in runs], '.4f'):>22} "
-            f"{mean_spread([r['best_epoch'] for r in runs], '.1f'):>14} "
-            f"{mean_spread([r['seconds'] for r in runs], '.1f'):>14} "
-            f"{mean_spread([r['updates'] for r in runs], '.0f'):>18} "
-            f"{mean_spread([r['masked'] for r in runs], '.1%'):>14}"
-        )
+    cells = summary(methods, results)
+    header = ["method", *(f"best {monitor}" if c == "best" else c for c in columns)]
+    rows = [[name, *(row[c] for c in columns)] for name, row in cells.items()]
+    print("\n".join(markdown_table(header, rows)))
+    reference, target = target_per_seed(methods, results)
     print(
-        "final masked: fraction of training samples whose AS-Softmax loss is 0 "
-        "after training (the sample is already learned)."
+        f"target: {TARGET_FRACTION:.1%} of {reference}'s best {monitor} in the same "
+        f"seed ({mean_spread(target, '.4f')})"
     )
+    for column in columns:
+        if column in COLUMN_NOTES:
+            print(f"{column}: {COLUMN_NOTES[column]}.")
 
 
-def _band(axis, runs, key, label, color):
+def _band(axis, runs, key, label, color, x_key=None):
+    """Mean over seeds per epoch (x: the epoch, or the mean of `x_key`),
+    with a min-to-max band."""
     curves = np.array([[row[key] for row in run["rows"]] for run in runs])
-    epochs = np.arange(1, curves.shape[1] + 1)
-    axis.plot(epochs, curves.mean(axis=0), label=label, color=color, marker=".")
+    if x_key is None:
+        x = np.arange(1, curves.shape[1] + 1)
+    else:
+        x = np.mean([[row[x_key] for row in run["rows"]] for run in runs], axis=0)
+    axis.plot(x, curves.mean(axis=0), label=label, color=color, marker=".")
     if len(curves) > 1:
-        axis.fill_between(
-            epochs, curves.min(axis=0), curves.max(axis=0), color=color, alpha=0.2
-        )
+        axis.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=color, alpha=0.2)
 
 
-def save_plot(task, results, args, path):
-    """Validation metric and training loss per epoch for each method; masked
-    ratio and mean accumulation window per epoch for AS-Speed."""
+def save_plot(task, methods, results, args, path):
+    """Validation metric per epoch and against fit time, and training loss,
+    for each method; masked ratio and mean accumulation window per epoch for
+    the AS-Speed methods; backward fraction for AS-Speed + skipping."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,31 +501,47 @@ def save_plot(task, results, args, path):
 
     monitor = next(iter(results.values()))[0]["monitor"]
     colors = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+    figure, axes = plt.subplots(2, 3, figsize=(17, 8))
     for name, runs in results.items():
         _band(axes[0, 0], runs, monitor, name, colors[name])
-        _band(axes[0, 1], runs, "loss", name, colors[name])
-    speed = results[AS_SPEED]
-    _band(axes[1, 0], speed, "masked_ratio", AS_SPEED, colors[AS_SPEED])
-    for run in speed:
-        updates = np.diff([0] + [row["updates"] for row in run["rows"]])
-        for row, count in zip(run["rows"], updates):
-            row["window"] = run["steps_per_epoch"] / max(count, 1)
-    _band(axes[1, 1], speed, "window", AS_SPEED, colors[AS_SPEED])
-    labels = [
+        _band(axes[0, 1], runs, monitor, name, colors[name], x_key="seconds")
+        _band(axes[0, 2], runs, "loss", name, colors[name])
+    reference, target = target_per_seed(methods, results)
+    axes[0, 1].axhline(np.mean(target), color="gray", linestyle="--",
+                       label=f"target ({TARGET_FRACTION:.1%} of {reference})")
+    for method in methods:
+        if not method.adaptive:
+            continue
+        runs = results[method.name]
+        for run in runs:
+            updates = np.diff([0] + [row["updates"] for row in run["rows"]])
+            for row, count in zip(run["rows"], updates):
+                row["window"] = run["steps_per_epoch"] / max(count, 1)
+        _band(axes[1, 0], runs, "masked_ratio", method.name, colors[method.name])
+        _band(axes[1, 1], runs, "window", method.name, colors[method.name])
+        if method.skip_masked:
+            _band(axes[1, 2], runs, "backward_fraction", method.name, colors[method.name])
+    panels = [
         (f"validation {monitor[4:]}", monitor[4:]),
+        (f"validation {monitor[4:]} against fit time", monitor[4:]),
         ("training loss (each method's own loss)", "loss"),
         ("AS-Speed: masked ratio of training batches", "masked ratio"),
         ("AS-Speed: mean accumulation window", "batches per update"),
+        ("AS-Speed + skipping: fraction of each batch back-propagated",
+         "backward fraction"),
     ]
-    for axis, (title, ylabel) in zip(axes.flat, labels):
+    for axis, (title, ylabel) in zip(axes.flat, panels):
         axis.set_title(title)
-        axis.set_xlabel("epoch")
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_xlim(0.5, args.epochs + 0.5)
+        if axis is axes[0, 1]:
+            axis.set_xlabel("fit seconds (mean over seeds)")
+            axis.set_xlim(left=0)
+        else:
+            axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.set_xlim(0.5, args.epochs + 0.5)
     spread = " (band: min to max over seeds)" if args.seeds > 1 else ""
     figure.suptitle(
         f"{task.title}\nbackend {keras.backend.backend()}, {args.seeds} seed(s), "
@@ -370,8 +575,9 @@ def parser(description, epochs, batch_size, delta=0.1, seeds=3):
     return parser
 
 
-def main(make_task, args):
-    """Runs every method for every seed, prints the table, saves the plot."""
+def prepare(make_task, args):
+    """Applies `--quick`, checks `--delta`, builds the task and prints what is
+    compared; returns `(task, methods)`."""
     if args.quick:
         args.seeds, args.epochs = 1, 2
     if not 0.0 <= args.delta <= 1.0:
@@ -384,15 +590,21 @@ def main(make_task, args):
         f"{device_description()}; comparing {', '.join(m.name for m in methods)}",
         flush=True,
     )
-    results = {method.name: [] for method in methods}
-    for seed in range(args.seeds):
-        for method in methods:
-            results[method.name].append(
-                train_once(task, method, seed, args.epochs, args.batch_size,
-                           args.max_accumulation_steps)
-            )
-    print_table(task, results, args)
+    return task, methods
+
+
+def report(task, methods, results, args, columns=TABLE_COLUMNS):
+    """Prints the table of `columns` and saves the plot (`--plot`, by default
+    `<task name>.png` here)."""
+    print_table(task, methods, results, args, columns)
     path = args.plot or f"{task.name}.png"
-    save_plot(task, results, args, path)
+    save_plot(task, methods, results, args, path)
     print(f"plot: {path}")
+
+
+def main(make_task, args):
+    """Runs every method for every seed, prints the table, saves the plot."""
+    task, methods = prepare(make_task, args)
+    results = compare(task, methods, args)
+    report(task, methods, results, args)
     return results

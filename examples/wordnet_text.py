@@ -1,4 +1,4 @@
-"""WordNet glosses with a small text CNN: softmax vs AS-Softmax vs AS-Speed.
+"""WordNet glosses, text CNN: softmax vs AS-Softmax vs AS-Speed (+ skipping).
 
 Each of WordNet's 117659 synsets is a sample: its gloss (definition and
 examples), as its first 32 word tokens, is to be classified into its
@@ -6,9 +6,11 @@ lexicographer class, one of 45 (`noun.animal`, `verb.motion`, `adj.all`, ...;
 the largest, `adj.all`, is 12 % of the synsets). 10 % of the synsets, drawn
 once with a fixed seed, are the validation set; the vocabulary is the 20000
 most frequent words of the training glosses. The model is an embedding, two
-convolutions, global max pooling and a dense layer of 45 logits. Reports best
-validation accuracy, its epoch, wall time, optimizer updates and the final
-masked ratio; saves `wordnet_text.png`.
+convolutions, global max pooling and a dense layer of 45 logits. Compares
+softmax CE, AS-Softmax, AS-Speed and AS-Speed + skipping; reports best
+validation accuracy, its epoch, steady-state ms per batch, wall time and time
+to the target, optimizer updates, the final masked ratio and the backward
+fraction; saves `wordnet_text.png`.
 
 Data: the local WordNet 3.0 of Debian's `wordnet-base`
 (`apt-get install wordnet-base`), or the dict folder in `WORDNET_DIR`.

@@ -2,9 +2,11 @@
 
 Keras keeps tensor masks, loss reduction, its symbolic-build scope (in
 which tensors hold placeholder values), the (un)tracking of a layer's
-attributes and the loss unscaling of `tf.distribute` out of its public
-API. This package needs them, so a Keras upgrade that moves them breaks
-here and nowhere else.
+attributes, the loss unscaling of `tf.distribute` (and TensorFlow's own test for
+merge calls) and parts of its trainers
+(the loss tracker, the JAX step's metric update and forward-pass losses)
+out of its public API. This package needs them, so a Keras upgrade that
+moves them breaks here and nowhere else.
 """
 
 import contextlib
@@ -36,12 +38,61 @@ def untrack(layer, value):
     layer._tracker.untrack(value)
 
 
+def loss_tracker(model):
+    """The `Mean` metric that a Keras trainer logs as `loss`."""
+    return model._loss_tracker
+
+
+def update_metrics_variables(model, metrics_variables, loss, x, y, y_pred, sample_weight):
+    """The JAX trainer's stateless update of the loss tracker and the
+    compiled metrics; returns `(logs, metrics_variables)`."""
+    return model._update_metrics_variables(
+        metrics_variables, loss, x, y, y_pred, sample_weight
+    )
+
+
+def training_kwargs(model, training):
+    """`{"training": training}` if the model's `call` takes it, else `{}`,
+    as Keras's JAX trainer passes it to `stateless_call`."""
+    return {"training": training} if model._call_has_training_arg else {}
+
+
+@contextlib.contextmanager
+def forward_losses(model, losses):
+    """Makes a stateless forward pass's `losses` (e.g. activity
+    regularisers) `model.losses` for the loss computed within, as the JAX
+    trainer's `compute_loss_and_updates` does."""
+    if not losses:
+        yield
+        return
+    model._losses_override.clear()
+    model._losses_override = losses
+    try:
+        yield
+    finally:
+        model._losses_override.clear()
+
+
+def strategy_supports_no_merge_call():
+    """Whether the current `tf.distribute` strategy can update variables in
+    replica context (TensorFlow's internal API, as Keras's own
+    `LossScaleOptimizer` uses it)."""
+    import tensorflow as tf
+
+    return tf.__internal__.distribute.strategy_supports_no_merge_call()
+
+
 __all__ = [
+    "forward_losses",
     "get_keras_mask",
     "in_symbolic_scope",
+    "loss_tracker",
     "reduce_weighted_values",
     "set_keras_mask",
+    "strategy_supports_no_merge_call",
+    "training_kwargs",
     "unlocked",
     "unscale_loss_for_distribution",
     "untrack",
+    "update_metrics_variables",
 ]

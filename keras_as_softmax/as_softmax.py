@@ -11,6 +11,8 @@ every other class is dropped has loss and gradient 0: it is *masked*.
 Inference is unchanged: the most probable class is never dropped.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -92,15 +94,9 @@ def sparse_as_softmax_crossentropy(
     ...     [1, 2], [[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3]], delta=0.1)
     >>> # loss ~ [0.0, 3.4741]: the first sample is masked.
     """
-    delta = validate_delta(delta)
-    targets, logits, valid = _prepare_sparse(
-        y_true, y_pred, from_logits, ignore_class, axis
-    )
-    losses = _as_softmax_loss(targets, logits, delta)
-    if valid is not None:
-        losses = ops.where(valid, losses, 0.0)
-        set_keras_mask(losses, valid)
-    return losses
+    return _sparse_losses_and_masked(
+        y_true, y_pred, delta, from_logits, ignore_class, axis
+    )[0]
 
 
 def as_softmax_crossentropy(y_true, y_pred, delta=0.1, from_logits=True, axis=-1):
@@ -129,9 +125,7 @@ def as_softmax_crossentropy(y_true, y_pred, delta=0.1, from_logits=True, axis=-1
     ...     [[0, 1, 0, 0], [0, 0, 1, 0]],
     ...     [[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3]], delta=0.1)
     """
-    delta = validate_delta(delta)
-    targets, logits = _prepare_one_hot(y_true, y_pred, from_logits, axis)
-    return _as_softmax_loss(targets, logits, delta)
+    return _one_hot_losses_and_masked(y_true, y_pred, delta, from_logits, axis)[0]
 
 
 def sparse_as_softmax_mask(
@@ -213,6 +207,7 @@ class ASLoss(keras.losses.Loss):
         super().__init__(reduction=reduction, name=name, dtype=dtype)
         self.delta = validate_delta(delta, allow_tensor=False)
         self.delta_variable = None
+        self._records = None
 
     @property
     def current_delta(self):
@@ -224,8 +219,39 @@ class ASLoss(keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "delta": self.delta, "dtype": self.dtype}
 
+    def losses_and_masked(self, y_true, y_pred):
+        """Per-position losses and, from the same computation, which
+        positions are masked (loss and gradient exactly 0).
+
+        Returns:
+            A tuple `(losses, masked)`: `losses` as `call` returns them (with
+            a Keras mask where positions are ignored), and a boolean tensor
+            of their shape.
+        """
+        raise NotImplementedError
+
+    def call(self, y_true, y_pred):
+        return self.losses_and_masked(y_true, y_pred)[0]
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Records the per-position flags of each call made within it.
+
+        Yields a list; each `__call__` inside appends `(masked, counted)`,
+        two boolean tensors with the shape of its per-position losses:
+        `counted` is False where a position is ignored (`ignore_class`, a
+        Keras mask) or has weight 0, and `masked` is True where the loss
+        masks a position. This is how `AdaptiveModel` learns, from the
+        loss's own computation, which samples carry no gradient.
+        """
+        self._records = []
+        try:
+            yield self._records
+        finally:
+            self._records = None  # Tensors of a traced step must not outlive it.
+
     def masked_counts(self, y_true, y_pred, sample_weight=None):
-        """How many samples of a batch this loss masks, as `AdaptiveModel` needs.
+        """How many positions of a batch this loss masks.
 
         Args:
             y_true, y_pred: A batch as this loss is called with; a Keras mask
@@ -235,34 +261,37 @@ class ASLoss(keras.losses.Loss):
         Returns:
             A tuple of int32 scalars `(num_masked, num_counted)`.
         """
-        mask = get_keras_mask(y_pred)
-        y_pred = ops.stop_gradient(ops.convert_to_tensor(y_pred))
-        _, num_masked, num_counted = self.mask(y_true, y_pred, sample_weight, mask)
-        return num_masked, num_counted
+        return count_masked(*self.masked_flags(y_true, y_pred, sample_weight))
 
-    def mask(self, y_true, y_pred, sample_weight, mask):
-        """Returns `(keep, num_masked, num_counted)` with this loss's settings."""
-        raise NotImplementedError
+    def masked_flags(self, y_true, y_pred, sample_weight=None):
+        """Per position of a batch, whether this loss masks it and whether it
+        counts, from one call of the loss (see `recording`).
+
+        Returns:
+            A tuple of boolean tensors `(masked, counted)`, the shape of the
+            per-position losses.
+        """
+        with self.recording() as records:
+            self(y_true, y_pred, sample_weight)
+        return records[0]
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # `keras.losses.Loss.__call__`, except that `y_true` keeps its dtype.
         in_mask = get_keras_mask(y_pred)
         with keras.name_scope(self.name):
             y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
-            losses = self.call(y_true, y_pred)
-            out_mask = get_keras_mask(losses)
-            if in_mask is None:
-                mask = out_mask
-            elif out_mask is None:
-                mask = in_mask
-            else:
-                mask = ops.logical_and(in_mask, out_mask)
+            losses, masked = self.losses_and_masked(y_true, y_pred)
+            mask = _and_masks(in_mask, get_keras_mask(losses))
             if sample_weight is not None:
                 # Keras's mask handling cannot broadcast (B,) weights over
                 # (B, T) losses; give them the losses' shape first.
                 sample_weight = ops.multiply(
                     ops.cast(_align_weights(sample_weight, losses), losses.dtype),
                     ops.ones_like(losses),
+                )
+            if self._records is not None:
+                self._records.append(
+                    (masked, _counted_positions(losses, mask, sample_weight))
                 )
             return reduce_weighted_values(
                 losses,
@@ -271,6 +300,24 @@ class ASLoss(keras.losses.Loss):
                 reduction=self.reduction,
                 dtype=self.dtype,
             )
+
+
+def count_masked(masked, counted):
+    """`(num_masked, num_counted)`, int32 scalars, from per-position flags."""
+    return (
+        ops.sum(ops.cast(ops.logical_and(masked, counted), "int32")),
+        ops.sum(ops.cast(counted, "int32")),
+    )
+
+
+def _counted_positions(losses, mask, sample_weight):
+    """Positions that count: not masked out by `mask`, weight not 0."""
+    counted = ops.ones(ops.shape(losses), dtype="bool")
+    if mask is not None:
+        counted = ops.logical_and(counted, ops.cast(mask, "bool"))
+    if sample_weight is not None:
+        counted = ops.logical_and(counted, ops.not_equal(sample_weight, 0))
+    return counted
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
@@ -311,26 +358,14 @@ class SparseASSoftmaxCrossentropy(ASLoss):
         self.ignore_class = ignore_class
         self.axis = axis
 
-    def call(self, y_true, y_pred):
-        return sparse_as_softmax_crossentropy(
+    def losses_and_masked(self, y_true, y_pred):
+        return _sparse_losses_and_masked(
             y_true,
             y_pred,
-            delta=self.current_delta,
-            from_logits=self.from_logits,
-            ignore_class=self.ignore_class,
-            axis=self.axis,
-        )
-
-    def mask(self, y_true, y_pred, sample_weight, mask):
-        return sparse_as_softmax_mask(
-            y_true,
-            y_pred,
-            delta=self.current_delta,
-            from_logits=self.from_logits,
-            ignore_class=self.ignore_class,
-            axis=self.axis,
-            sample_weight=sample_weight,
-            mask=mask,
+            self.current_delta,
+            self.from_logits,
+            self.ignore_class,
+            self.axis,
         )
 
     def get_config(self):
@@ -372,24 +407,9 @@ class ASSoftmaxCrossentropy(ASLoss):
         self.from_logits = from_logits
         self.axis = axis
 
-    def call(self, y_true, y_pred):
-        return as_softmax_crossentropy(
-            y_true,
-            y_pred,
-            delta=self.current_delta,
-            from_logits=self.from_logits,
-            axis=self.axis,
-        )
-
-    def mask(self, y_true, y_pred, sample_weight, mask):
-        return as_softmax_mask(
-            y_true,
-            y_pred,
-            delta=self.current_delta,
-            from_logits=self.from_logits,
-            axis=self.axis,
-            sample_weight=sample_weight,
-            mask=mask,
+    def losses_and_masked(self, y_true, y_pred):
+        return _one_hot_losses_and_masked(
+            y_true, y_pred, self.current_delta, self.from_logits, self.axis
         )
 
     def get_config(self):
@@ -398,6 +418,26 @@ class ASSoftmaxCrossentropy(ASLoss):
             "from_logits": self.from_logits,
             "axis": self.axis,
         }
+
+
+def _sparse_losses_and_masked(y_true, y_pred, delta, from_logits, ignore_class, axis):
+    """`(losses, masked)` of `sparse_as_softmax_crossentropy`."""
+    delta = validate_delta(delta)
+    targets, logits, valid = _prepare_sparse(
+        y_true, y_pred, from_logits, ignore_class, axis
+    )
+    losses, masked = _as_softmax_loss(targets, logits, delta)
+    if valid is not None:
+        losses = ops.where(valid, losses, 0.0)
+        set_keras_mask(losses, valid)
+    return losses, masked
+
+
+def _one_hot_losses_and_masked(y_true, y_pred, delta, from_logits, axis):
+    """`(losses, masked)` of `as_softmax_crossentropy`."""
+    delta = validate_delta(delta)
+    targets, logits = _prepare_one_hot(y_true, y_pred, from_logits, axis)
+    return _as_softmax_loss(targets, logits, delta)
 
 
 def _prepare_sparse(y_true, y_pred, from_logits, ignore_class, axis):
@@ -576,7 +616,8 @@ def _keep_mask(target_index, logits, delta):
 
 
 def _as_softmax_loss(targets, logits, delta):
-    """Per-position loss `log(sum of kept p) - log(p_t)`, 0 where masked.
+    """Per-position `(losses, masked)`: the loss `log(sum of kept p) -
+    log(p_t)`, and where it is masked (loss and gradient exactly 0).
 
     The gradient is written out, `g * (kept p / sum of kept p - onehot(t))`,
     so that autodiff keeps no buffer of the logits' size beyond the kept
@@ -586,16 +627,17 @@ def _as_softmax_loss(targets, logits, delta):
     if not isinstance(delta, float):
         delta = ops.cast(delta, logits.dtype)
     if isinstance(logits, keras.KerasTensor):
-        return _losses_and_kept(target_index, logits, delta)[0]
+        losses, _, _, masked = _losses_and_kept(target_index, logits, delta)
+        return losses, ops.squeeze(masked, -1)
     if fused_sparse_as_softmax_loss is not None:
         return fused_sparse_as_softmax_loss(target_index, logits, delta)
+    # No gradient flows through the statistics: the gradient is written out.
+    losses, kept_probs, kept_sum, masked = _losses_and_kept(
+        target_index, ops.stop_gradient(logits), delta
+    )
 
     @ops.custom_gradient
-    def loss_and_gradient(logits):
-        losses, kept_probs, kept_sum, masked = _losses_and_kept(
-            target_index, logits, delta
-        )
-
+    def with_gradient(logits):
         def gradient(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
@@ -608,35 +650,46 @@ def _as_softmax_loss(targets, logits, delta):
 
         return losses, gradient
 
-    return loss_and_gradient(logits)
+    return with_gradient(logits), ops.squeeze(masked, -1)
 
 
 def _losses_and_kept(target_index, logits, delta):
     """Returns `(losses, kept_probs, kept_sum, masked)`, the last two and the
-    kept probabilities with the class axis kept (size 1 or all classes)."""
+    kept probabilities with the class axis kept (size 1 or all classes).
+
+    """
     probs, target_log_prob, target_prob, keep = _keep_mask(
         target_index, logits, delta
     )
     kept_probs = ops.where(keep, probs, 0.0)
     kept_sum = ops.sum(kept_probs, axis=-1, keepdims=True)
-    # Only the target kept: its sum is exactly `p_t`, and the loss 0.
-    masked = ops.equal(kept_sum, target_prob)
+    masked = _is_masked(kept_sum, target_prob)
     losses = ops.where(masked, 0.0, ops.log(kept_sum) - target_log_prob)
     return ops.squeeze(losses, axis=-1), kept_probs, kept_sum, masked
 
 
+def _is_masked(kept_sum, target_prob):
+    """Where a position is masked: its kept probabilities sum to exactly
+    `p_t`, so only the target is kept (or what else is kept rounds away),
+    and its loss and gradient are 0. The one definition of "masked", for the
+    loss, its gradient and the counts alike."""
+    return ops.equal(kept_sum, target_prob)
+
+
 def _mask_and_counts(targets, logits, delta, valid, sample_weight, mask):
     target_index = ops.expand_dims(ops.cast(targets, "int32"), -1)
-    keep = _keep_mask(target_index, logits, delta)[3]
-    counted = ops.ones_like(targets, dtype="bool") if valid is None else valid
-    if mask is not None:
-        counted = ops.logical_and(counted, ops.cast(mask, "bool"))
+    probs, _, target_prob, keep = _keep_mask(target_index, logits, delta)
+    kept_sum = ops.sum(ops.where(keep, probs, 0.0), axis=-1, keepdims=True)
+    masked = ops.squeeze(_is_masked(kept_sum, target_prob), -1)
     if sample_weight is not None:
         sample_weight = _align_weights(sample_weight, targets)
-        counted = ops.logical_and(counted, ops.not_equal(sample_weight, 0))
-    # The target is always kept: a sample is masked when nothing else is.
-    only_target_kept = ops.equal(ops.sum(ops.cast(keep, "int32"), axis=-1), 1)
-    masked = ops.logical_and(counted, only_target_kept)
-    num_masked = ops.sum(ops.cast(masked, "int32"))
-    num_counted = ops.sum(ops.cast(counted, "int32"))
+    counted = _counted_positions(targets, _and_masks(valid, mask), sample_weight)
+    num_masked, num_counted = count_masked(masked, counted)
     return keep, num_masked, num_counted
+
+
+def _and_masks(mask, other):
+    """The logical and of two optional boolean masks."""
+    if mask is None or other is None:
+        return other if mask is None else mask
+    return ops.logical_and(mask, ops.cast(other, "bool"))

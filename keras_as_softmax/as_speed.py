@@ -18,13 +18,23 @@ import math
 import numbers
 
 import keras
+import numpy as np
 from keras import ops
 from keras import tree
 
+from keras_as_softmax._keras_private import unlocked
 from keras_as_softmax._keras_private import untrack
 from keras_as_softmax.as_softmax import ASLoss
+from keras_as_softmax.as_softmax import count_masked
 from keras_as_softmax.backend import AdaptiveTrainer
 from keras_as_softmax.backend import sum_across_replicas
+from keras_as_softmax.skipping import SubBatch
+from keras_as_softmax.skipping import TrainingPass
+from keras_as_softmax.skipping import ladder
+from keras_as_softmax.skipping import needs_backward
+from keras_as_softmax.skipping import run_branch
+from keras_as_softmax.skipping import run_cond
+from keras_as_softmax.skipping import use_selection
 
 
 class AdaptiveModel(AdaptiveTrainer):
@@ -68,7 +78,12 @@ class AdaptiveModel(AdaptiveTrainer):
         return super(AdaptiveModel, cls).__new__(cls, *args, **kwargs)
 
     def __init__(
-        self, *args, max_accumulation_steps=2, accumulation_lambda=1.0, **kwargs
+        self,
+        *args,
+        max_accumulation_steps=2,
+        accumulation_lambda=1.0,
+        skip_masked=False,
+        **kwargs,
     ):
         if not isinstance(self, keras.Model):
             raise TypeError(
@@ -82,6 +97,21 @@ class AdaptiveModel(AdaptiveTrainer):
             max_accumulation_steps, accumulation_lambda
         )
         self.masked_ratio_tracker = keras.metrics.Mean(name="masked_ratio")
+        self.skip_masked = False
+        self.configure_skipping(skip_masked)
+
+    def configure_skipping(self, skip_masked):
+        """Turns skipping masked samples on or off (before `fit`)."""
+        if not isinstance(skip_masked, (bool, np.bool_)):
+            raise TypeError(
+                f"`skip_masked` must be True or False; received {skip_masked!r}."
+            )
+        if skip_masked and not self.skip_masked:
+            with unlocked(self):
+                self.backward_fraction_tracker = keras.metrics.Mean(
+                    name="backward_fraction"
+                )
+        self.skip_masked = bool(skip_masked)
 
     @property
     def max_accumulation_steps(self):
@@ -96,18 +126,21 @@ class AdaptiveModel(AdaptiveTrainer):
             **super().get_config(),
             "max_accumulation_steps": self.max_accumulation_steps,
             "accumulation_lambda": self.accumulation_lambda,
+            "skip_masked": self.skip_masked,
         }
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        loss = super().compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-        )
         as_loss = self._as_softmax_loss()
-        num_masked, num_counted = as_loss.masked_counts(
-            tree.flatten(y)[0], tree.flatten(y_pred)[0], sample_weight
-        )
+        with as_loss.recording() as records:
+            loss = super().compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+            )
+        # The loss's own flags of this batch: one computation serves the
+        # loss, the masked ratio, the window and the next step's choice.
+        (masked, counted), = records
+        num_masked, num_counted = count_masked(masked, counted)
         num_masked = sum_across_replicas(num_masked)
         num_counted = sum_across_replicas(num_counted)
         self.masked_ratio_tracker.update_state(
@@ -117,11 +150,80 @@ class AdaptiveModel(AdaptiveTrainer):
             sample_weight=ops.cast(num_counted, "float32"),
         )
         if training:
-            self.gradient_accumulator.record_batch(num_masked, num_counted)
+            needs = needs_backward(masked, counted)
+            self.gradient_accumulator.record_batch(
+                num_masked,
+                num_counted,
+                ops.sum(ops.cast(needs, "int32")),
+                ops.shape(needs)[0],
+            )
         return loss
+
+    def _needs_backward(self, y, y_pred, sample_weight):
+        """Per sample, whether the AS loss leaves it any gradient."""
+        flags = self._as_softmax_loss().masked_flags(
+            tree.flatten(y)[0], tree.flatten(y_pred)[0], sample_weight
+        )
+        return needs_backward(*flags)
+
+    def _train_pass(self, x, y, sample_weight, selection_due, predict, run_pass):
+        """The training step's loss, gradients and metrics, on the whole
+        batch or, with `skip_masked`, on the samples that need them.
+
+        Args:
+            x, y, sample_weight: The batch.
+            selection_due: Boolean scalar, whether the last batch left few
+                enough samples with a gradient for a selection pass to pay.
+            predict: `predict(x)`, the model's predictions without gradient
+                and in inference mode (the backend's).
+            run_pass: `run_pass(training_pass)`, the backend's forward and
+                backward pass for a `skipping.TrainingPass`.
+
+        Returns:
+            What `run_pass` returns.
+        """
+        batch_size = ops.shape(next(i for i in tree.flatten(x) if i is not None))[0]
+        whole_batch = lambda: run_pass(TrainingPass(batch_size))  # noqa: E731
+        if not self.skip_masked:
+            return whole_batch()
+
+        def selective():
+            selection_pred = predict(x)
+            sub_batch = SubBatch(
+                self._needs_backward(y, selection_pred, sample_weight),
+                selection_pred,
+            )
+            branches = [whole_batch]
+            branches += [
+                lambda size=size: run_pass(TrainingPass(batch_size, sub_batch, size))
+                for size in ladder(batch_size)[1:]
+            ]
+            branches += [lambda: run_pass(TrainingPass(batch_size, sub_batch))]
+            return run_branch(sub_batch.branch, branches)
+
+        return run_cond(selection_due, selective, whole_batch)
+
+    def _record_backward(self, training_pass):
+        """Logs, when skipping, how much of the batch went backward."""
+        if not self.skip_masked:
+            return
+        rows = training_pass.backward_rows
+        self.backward_fraction_tracker.update_state(
+            ops.cast(rows, "float32") / ops.cast(training_pass.batch_size, "float32")
+        )
+        self.gradient_accumulator.sub_batch_size.assign(ops.cast(rows, "int32"))
 
     def make_train_function(self, force=False):
         self._as_softmax_loss()
+        if self.skip_masked and (
+            keras.distribution.distribution() is not None
+            or getattr(self, "distribute_strategy", _ONE_REPLICA).num_replicas_in_sync > 1
+        ):
+            raise ValueError(
+                "`skip_masked=True` runs on one device: each replica would "
+                "choose its own sub-batch. Use `skip_masked=False` with a "
+                "distribution strategy."
+            )
         if self.trainable_variables:  # Else TensorFlow builds it in the step.
             with self._distribution_scope():
                 self.gradient_accumulator.build(self.trainable_variables)
@@ -176,6 +278,13 @@ class AdaptiveModel(AdaptiveTrainer):
         return losses[0]
 
 
+class _OneReplica:
+    num_replicas_in_sync = 1
+
+
+_ONE_REPLICA = _OneReplica()
+
+
 class _ApplyOpenWindow(keras.callbacks.Callback):
     """Applies an open window when `fit`'s last epoch ends or it is stopped.
 
@@ -225,9 +334,11 @@ class AdaptiveSequential(AdaptiveModel, keras.Sequential):
             for key in ("max_accumulation_steps", "accumulation_lambda")
             if key in config
         }
+        skip_masked = config.pop("skip_masked", False)
         # `keras.Sequential.from_config` builds the model with its name only.
         model = super().from_config(config, custom_objects=custom_objects)
         model.gradient_accumulator.configure(**settings)
+        model.configure_skipping(skip_masked)
         return model
 
 
@@ -265,6 +376,9 @@ class GradientAccumulator(keras.metrics.Metric):
         self.updates = self._counter("updates")
         self.batch_masked = self._counter("batch_masked")
         self.batch_counted = self._counter("batch_counted")
+        self.batch_needed = self._counter("batch_needed")
+        self.batch_samples = self._counter("batch_samples")
+        self.sub_batch_size = self._counter("sub_batch_size")
         self.gradients = []
         self.built = False
 
@@ -333,10 +447,22 @@ class GradientAccumulator(keras.metrics.Metric):
         ]
         self.built = True
 
-    def record_batch(self, num_masked, num_counted):
-        """Stores a training batch's counts for the window rule."""
+    def record_batch(self, num_masked, num_counted, num_needed, num_samples):
+        """Stores a training batch's counts: masked and counted positions
+        for the window rule, samples that needed a backward pass and samples
+        for the choice of the next step's pass."""
         self.batch_masked.assign(ops.cast(num_masked, "int32"))
         self.batch_counted.assign(ops.cast(num_counted, "int32"))
+        self.batch_needed.assign(ops.cast(num_needed, "int32"))
+        self.batch_samples.assign(ops.cast(num_samples, "int32"))
+
+    def selection_due(self, num_needed=None, num_samples=None):
+        """Whether the next step runs a selection pass, from the last batch
+        (by default from the variables)."""
+        return use_selection(
+            self.batch_needed if num_needed is None else num_needed,
+            self.batch_samples if num_samples is None else num_samples,
+        )
 
     def next_window(self, window, micro_step, num_masked, num_counted):
         """The window rule, on tensors (no Python branching: it runs under jit).
@@ -388,12 +514,12 @@ class GradientAccumulator(keras.metrics.Metric):
     def result(self):
         return {}  # The training step logs the window and the updates.
 
-    def logs(self, window=None, updates=None):
-        """AS-Speed's training logs: the window and the update count, by
-        default those in the variables."""
+    def logs(self, skipping, window=None, updates=None, sub_batch_size=None):
+        """AS-Speed's training logs: the window, the update count and, when
+        `skipping`, the sub-batch size; by default those in the variables."""
         # Tensors, not the variables themselves: an eager TensorFlow step
         # (`run_eagerly=True`) cannot return a variable.
-        return {
+        logs = {
             "accumulation_steps": ops.convert_to_tensor(
                 self.window if window is None else window
             ),
@@ -401,6 +527,11 @@ class GradientAccumulator(keras.metrics.Metric):
                 self.updates if updates is None else updates
             ),
         }
+        if skipping:
+            logs["sub_batch_size"] = ops.convert_to_tensor(
+                self.sub_batch_size if sub_batch_size is None else sub_batch_size
+            )
+        return logs
 
     def get_config(self):
         return {

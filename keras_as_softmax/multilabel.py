@@ -21,8 +21,10 @@ from keras import ops
 from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import _align_weights
 from keras_as_softmax.as_softmax import _class_last_logits
+from keras_as_softmax.as_softmax import _counted_positions
 from keras_as_softmax.as_softmax import _shapes_match
 from keras_as_softmax.as_softmax import _values_if_known
+from keras_as_softmax.as_softmax import count_masked
 from keras_as_softmax.as_softmax import validate_delta
 
 
@@ -47,14 +49,22 @@ def multilabel_as_softmax_crossentropy(y_true, y_pred, delta=0.1, from_logits=Tr
     ...     [[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3]], delta=0.1)
     >>> # loss ~ [1.5765, 3.1894]
     """
+    return _losses_and_masked(y_true, y_pred, delta, from_logits)[0]
+
+
+def _losses_and_masked(y_true, y_pred, delta, from_logits):
+    """`(losses, masked)`: the per-sample loss, and where every term is
+    dropped (loss and gradient exactly 0)."""
     delta = validate_delta(delta)
     positive, logits = _prepare(y_true, y_pred, from_logits)
+    keep_masks = _keep_masks(positive, logits, delta)
+    masked = ops.logical_not(ops.any(keep_masks[0], axis=-1))
     if isinstance(logits, keras.KerasTensor):
-        return _losses_and_terms(positive, logits, delta)[0]
+        return _losses_and_terms(positive, logits, keep_masks)[0], masked
 
     @ops.custom_gradient
     def loss_and_gradient(logits):
-        losses, terms = _losses_and_terms(positive, logits, delta)
+        losses, terms = _losses_and_terms(positive, logits, keep_masks)
 
         def gradient(*args, upstream=None):
             if upstream is None:
@@ -63,7 +73,7 @@ def multilabel_as_softmax_crossentropy(y_true, y_pred, delta=0.1, from_logits=Tr
 
         return losses, gradient
 
-    return loss_and_gradient(logits)
+    return loss_and_gradient(logits), masked
 
 
 def multilabel_as_softmax_mask(
@@ -90,18 +100,11 @@ def multilabel_as_softmax_mask(
     delta = validate_delta(delta)
     positive, logits = _prepare(y_true, y_pred, from_logits)
     keep = _keep_masks(positive, logits, delta)[0]
-    counted = ops.ones_like(logits[..., 0], dtype="bool")
-    if mask is not None:
-        counted = ops.logical_and(counted, ops.cast(mask, "bool"))
+    masked = ops.logical_not(ops.any(keep, axis=-1))
     if sample_weight is not None:
-        sample_weight = _align_weights(sample_weight, counted)
-        counted = ops.logical_and(counted, ops.not_equal(sample_weight, 0))
-    masked = ops.logical_and(counted, ops.logical_not(ops.any(keep, axis=-1)))
-    return (
-        keep,
-        ops.sum(ops.cast(masked, "int32")),
-        ops.sum(ops.cast(counted, "int32")),
-    )
+        sample_weight = _align_weights(sample_weight, masked)
+    counted = _counted_positions(masked, mask, sample_weight)
+    return (keep, *count_masked(masked, counted))
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
@@ -133,19 +136,9 @@ class MultiLabelASSoftmaxCrossentropy(ASLoss):
         super().__init__(delta, reduction=reduction, name=name, dtype=dtype)
         self.from_logits = from_logits
 
-    def call(self, y_true, y_pred):
-        return multilabel_as_softmax_crossentropy(
-            y_true, y_pred, delta=self.current_delta, from_logits=self.from_logits
-        )
-
-    def mask(self, y_true, y_pred, sample_weight, mask):
-        return multilabel_as_softmax_mask(
-            y_true,
-            y_pred,
-            delta=self.current_delta,
-            from_logits=self.from_logits,
-            sample_weight=sample_weight,
-            mask=mask,
+    def losses_and_masked(self, y_true, y_pred):
+        return _losses_and_masked(
+            y_true, y_pred, self.current_delta, self.from_logits
         )
 
     def get_config(self):
@@ -241,7 +234,7 @@ def _keep_masks(positive, logits, delta):
     return keep, negative_shift, positive_shift
 
 
-def _losses_and_terms(positive, logits, delta):
+def _losses_and_terms(positive, logits, keep_masks):
     """Returns `(losses, terms)`; `terms()` gives the loss's derivatives by
     the logits, shape of `logits`.
 
@@ -250,7 +243,7 @@ def _losses_and_terms(positive, logits, delta):
     term of one of the two sums (`x = s` for a negative, `-s` for a
     positive), so one exponential per label serves both.
     """
-    keep, negative_shift, positive_shift = _keep_masks(positive, logits, delta)
+    keep, negative_shift, positive_shift = keep_masks
 
     def exps():
         shifted = ops.where(

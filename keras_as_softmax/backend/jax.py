@@ -6,6 +6,10 @@ import jax
 import keras
 import numpy as np
 
+from keras_as_softmax._keras_private import forward_losses
+from keras_as_softmax._keras_private import training_kwargs
+from keras_as_softmax._keras_private import update_metrics_variables
+
 
 def known_values(x):
     """`x` as a NumPy array if its values are known now, else None (traced)."""
@@ -34,25 +38,75 @@ class AdaptiveTrainer:
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_state, metrics_state = state
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        grad_fn = jax.value_and_grad(self.compute_loss_and_updates, has_aux=True)
-        (_, aux), grads = grad_fn(
-            trainable,
-            non_trainable,
-            metrics_state,
-            x,
-            y,
-            sample_weight,
-            training=True,
-            optimizer_variables=optimizer_state,
-        )
-        unscaled_loss, y_pred, non_trainable, metrics_state = aux
-
         accumulator = self.gradient_accumulator
-        metrics_state = list(metrics_state)
         position = {id(v): i for i, v in enumerate(self.metrics_variables)}
 
         def value(variable):
             return metrics_state[position[id(variable)]]
+
+        def run_pass(training_pass):
+            def loss_fn(trainable):
+                # What the forward pass updates: none when no row goes through it.
+                updates = {"non_trainable": non_trainable, "losses": []}
+
+                def call(inputs):
+                    y_pred, updates["non_trainable"], updates["losses"] = (
+                        self.stateless_call(
+                            trainable,
+                            non_trainable,
+                            inputs,
+                            return_losses=True,
+                            **training_kwargs(self, True),
+                        )
+                    )
+                    return y_pred
+
+                y_pred = training_pass.predictions(call, x)
+                return self._loss_and_updates(
+                    trainable,
+                    updates["non_trainable"],
+                    metrics_state,
+                    updates["losses"],
+                    optimizer_state,
+                    x,
+                    y,
+                    y_pred,
+                    sample_weight,
+                )
+
+            grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+            (_, (loss, y_pred, new_non_trainable, new_metrics)), grads = grad_fn(
+                trainable
+            )
+            new_metrics = self._stateless(
+                new_metrics, lambda: self._record_backward(training_pass)
+            )
+            logs, new_metrics = update_metrics_variables(
+                self, new_metrics, loss, x, y, y_pred, sample_weight
+            )
+            return grads, logs, new_non_trainable, new_metrics
+
+        def predict(x):
+            return self.stateless_call(
+                trainable,
+                non_trainable,
+                x,
+                return_losses=True,
+                **training_kwargs(self, False),
+            )[0]
+
+        grads, logs, non_trainable, metrics_state = self._train_pass(
+            x,
+            y,
+            sample_weight,
+            accumulator.selection_due(
+                value(accumulator.batch_needed), value(accumulator.batch_samples)
+            ),
+            predict,
+            run_pass,
+        )
+
+        metrics_state = list(metrics_state)
 
         def assign(variable, new_value):
             metrics_state[position[id(variable)]] = new_value
@@ -103,11 +157,53 @@ class AdaptiveTrainer:
         for total, new_value in zip(accumulator.gradients, totals):
             assign(total, new_value)
 
-        logs, metrics_state = self._update_metrics_variables(
-            metrics_state, unscaled_loss, x, y, y_pred, sample_weight
-        )
-        logs = {**logs, **accumulator.logs(window, updates)}
+        logs = {
+            **logs,
+            **accumulator.logs(
+                self.skip_masked, window, updates, value(accumulator.sub_batch_size)
+            ),
+        }
         return logs, (trainable, non_trainable, optimizer_state, metrics_state)
+
+    def _loss_and_updates(
+        self,
+        trainable,
+        non_trainable,
+        metrics_state,
+        forward_losses_,
+        optimizer_state,
+        x,
+        y,
+        y_pred,
+        sample_weight,
+    ):
+        """Keras's `compute_loss_and_updates` after its forward pass: the
+        scaled loss, and `(loss, y_pred, non_trainable, metrics_state)`."""
+        with forward_losses(self, forward_losses_):
+            loss, (_, non_trainable, metrics_state) = self.stateless_compute_loss(
+                trainable,
+                non_trainable,
+                metrics_state,
+                x=x,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
+                training=True,
+            )
+        scaled_loss = loss
+        if self.optimizer is not None:
+            mapping = list(zip(self.optimizer.variables, optimizer_state))
+            with keras.StatelessScope(state_mapping=mapping):
+                scaled_loss = self.optimizer.scale_loss(loss)
+        return scaled_loss, (loss, y_pred, non_trainable, metrics_state)
+
+    def _stateless(self, metrics_state, update):
+        """Runs `update()` on the metrics' values `metrics_state`; returns
+        their new values."""
+        mapping = list(zip(self.metrics_variables, metrics_state))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            update()
+        return [scope.get_current_value(v) for v in self.metrics_variables]
 
     def _distribution_scope(self):
         return contextlib.nullcontext()

@@ -6,6 +6,8 @@ import tensorflow as tf
 from keras import ops
 from keras import tree
 
+from keras_as_softmax._keras_private import loss_tracker
+from keras_as_softmax._keras_private import strategy_supports_no_merge_call
 from keras_as_softmax._keras_private import unscale_loss_for_distribution
 
 
@@ -41,29 +43,46 @@ class AdaptiveTrainer:
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            self._loss_tracker.update_state(
-                unscale_loss_for_distribution(loss),
-                sample_weight=tf.shape(
-                    next(i for i in tree.flatten(x) if i is not None)
-                )[0],
-            )
-            if self.optimizer is not None:
-                loss = self.optimizer.scale_loss(loss)
+        if not self.built:
+            # Without a strategy Keras builds the model in this step's first
+            # trace: build it here, outside the branches of the step.
+            self(x, training=False)
         variables = self.trainable_variables
-        # Without a strategy Keras builds the model in this step's first trace.
         self.gradient_accumulator.build(variables)
-        grads = tape.gradient(loss, variables)
-        grads = [
-            tf.zeros_like(v.value) if g is None else g for v, g in zip(variables, grads)
-        ]
+
+        def run_pass(training_pass):
+            with tf.GradientTape() as tape:
+                y_pred = training_pass.predictions(
+                    lambda x: self(x, training=True), x
+                )
+                loss = self.compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                )
+                loss_tracker(self).update_state(
+                    unscale_loss_for_distribution(loss),
+                    sample_weight=tf.shape(
+                        next(i for i in tree.flatten(x) if i is not None)
+                    )[0],
+                )
+                if self.optimizer is not None:
+                    loss = self.optimizer.scale_loss(loss)
+            grads = [
+                tf.zeros_like(v.value) if g is None else g
+                for v, g in zip(variables, tape.gradient(loss, variables))
+            ]
+            self._record_backward(training_pass)
+            return grads, self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+        grads, logs = self._train_pass(
+            x,
+            y,
+            sample_weight,
+            self.gradient_accumulator.selection_due(),
+            lambda x: self(x, training=False),
+            run_pass,
+        )
         self._accumulate_or_update(grads, variables)
-        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        return {**logs, **self.gradient_accumulator.logs()}
+        return {**logs, **self.gradient_accumulator.logs(self.skip_masked)}
 
     def _accumulate_or_update(self, grads, variables):
         accumulator = self.gradient_accumulator
@@ -90,7 +109,7 @@ class AdaptiveTrainer:
                 total.assign(new_value)
             accumulator.micro_step.assign_add(1)
 
-        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        if strategy_supports_no_merge_call():
             ops.cond(is_update, lambda: update(grads, window), lambda: accumulate(grads))
             return
 

@@ -6,6 +6,8 @@ import keras
 import torch
 from keras import tree
 
+from keras_as_softmax._keras_private import loss_tracker
+
 
 def known_values(x):
     """`x` as a NumPy array if its values are known now, else None.
@@ -48,10 +50,12 @@ class _SparseASSoftmaxLoss(torch.autograd.Function):
         masked = kept_sum == target_prob
         ctx.save_for_backward(target_index, probs, kept_sum, masked)
         losses = torch.where(masked, 0.0, kept_sum.log() - target_log_prob)
-        return losses.squeeze(-1)
+        masked_positions = masked.squeeze(-1)
+        ctx.mark_non_differentiable(masked_positions)
+        return losses.squeeze(-1), masked_positions
 
     @staticmethod
-    def backward(ctx, upstream):
+    def backward(ctx, upstream, _):
         target_index, kept_probs, kept_sum, masked = ctx.saved_tensors
         upstream = torch.where(masked, 0.0, upstream.unsqueeze(-1))
         grad = kept_probs * (upstream / kept_sum)
@@ -59,8 +63,9 @@ class _SparseASSoftmaxLoss(torch.autograd.Function):
 
 
 def fused_sparse_as_softmax_loss(target_index, logits, delta):
-    """Per-position sparse AS-Softmax loss of `logits` (classes last) for
-    `target_index` (their shape, last axis 1) and a float or tensor `delta`."""
+    """Per-position sparse AS-Softmax `(losses, masked)` of `logits` (classes
+    last) for `target_index` (their shape, last axis 1) and a float or
+    tensor `delta`."""
     return _SparseASSoftmaxLoss.apply(target_index, logits, delta)
 
 
@@ -79,27 +84,44 @@ class AdaptiveTrainer:
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred = self(x, training=True)
-        self.zero_grad()
-        loss = self.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-        )
-        self._loss_tracker.update_state(
-            loss,
-            sample_weight=next(i for i in tree.flatten(x) if i is not None).shape[0],
-        )
-        if self.optimizer is not None:
-            loss = self.optimizer.scale_loss(loss)
-        loss.backward()
         variables = self.trainable_variables
-        grads = [
-            torch.zeros_like(v.value) if v.value.grad is None else v.value.grad
-            for v in variables
-        ]
+
+        def run_pass(training_pass):
+            y_pred = training_pass.predictions(lambda x: self(x, training=True), x)
+            self.zero_grad()
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            loss_tracker(self).update_state(
+                loss,
+                sample_weight=next(i for i in tree.flatten(x) if i is not None).shape[0],
+            )
+            if self.optimizer is not None:
+                loss = self.optimizer.scale_loss(loss)
+            if loss.requires_grad:  # Not when no row goes backward and nothing regularises.
+                loss.backward()
+            grads = [
+                torch.zeros_like(v.value) if v.value.grad is None else v.value.grad
+                for v in variables
+            ]
+            self._record_backward(training_pass)
+            return grads, self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+        def predict(x):
+            with torch.no_grad():
+                return self(x, training=False)
+
+        grads, logs = self._train_pass(
+            x,
+            y,
+            sample_weight,
+            self.gradient_accumulator.selection_due(),
+            predict,
+            run_pass,
+        )
         with torch.no_grad():
             self._accumulate_or_update(grads, variables)
-        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        return {**logs, **self.gradient_accumulator.logs()}
+        return {**logs, **self.gradient_accumulator.logs(self.skip_masked)}
 
     def _accumulate_or_update(self, grads, variables):
         accumulator = self.gradient_accumulator

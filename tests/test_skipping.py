@@ -1,0 +1,323 @@
+"""AS-Speed with `skip_masked=True`: backward passes on unmasked samples only.
+
+The gradient of a step that skips must equal AS-Softmax's gradient of the
+whole batch, so a deterministic model ends with the same weights with and
+without skipping; the sub-batch sizes are checked against a float64 NumPy
+reference of which samples are masked.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_as_softmax import AdaptiveModel
+from keras_as_softmax import AdaptiveSequential
+from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
+from keras_as_softmax import SparseASSoftmaxCrossentropy
+from keras_as_softmax import sparse_as_softmax_mask
+from keras_as_softmax.skipping import needs_backward
+from tests import reference
+from tests.test_resume import CrashAt
+
+JIT = pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+NUM_CLASSES = 4
+
+
+class BatchLogs(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.logs = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append({k: float(v) for k, v in logs.items()})
+
+
+def fit_both(build, compile_kwargs, x, y, sample_weight=None, epochs=2, batch_size=16):
+    """Trains the model `build(skip_masked)` without and with skipping, from
+    the same initial weights; returns both models and the skipping run's
+    batch logs."""
+    models, recorder = {}, BatchLogs()
+    for skip in (False, True):
+        keras.utils.set_random_seed(0)
+        model = build(skip)
+        model.compile(**compile_kwargs())
+        model.fit(
+            x,
+            y,
+            sample_weight=sample_weight,
+            batch_size=batch_size,
+            epochs=epochs,
+            shuffle=False,
+            verbose=0,
+            callbacks=[recorder] if skip else [],
+        )
+        models[skip] = model
+    return models[False], models[True], recorder.logs
+
+
+def assert_same_training(plain, skipping):
+    for actual, expected in zip(skipping.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    assert int(skipping.optimizer.iterations.numpy()) == int(
+        plain.optimizer.iterations.numpy()
+    )
+
+
+def dense_classifier(skip, regularizer=None):
+    return AdaptiveSequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(16, activation="tanh", kernel_regularizer=regularizer),
+            keras.layers.Dense(NUM_CLASSES),
+        ],
+        max_accumulation_steps=3,
+        skip_masked=skip,
+    )
+
+
+def classification_data(num_samples=208, seed=1):
+    # 13 batches of 16: the last window of an epoch is left open (partial).
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((num_samples, 6)).astype("float32")
+    y = ((x[:, 0] > 0) + 2 * (x[:, 1] > 0)).astype("int32")
+    return x, y
+
+
+@JIT
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_same_weights_with_weights_regulariser_and_partial_window(optimizer, jit_compile):
+    x, y = classification_data()
+    weights = np.random.default_rng(2).uniform(0, 2, len(x)).astype("float32")
+    weights[::7] = 0.0
+    plain, skipping, logs = fit_both(
+        lambda skip: dense_classifier(skip, keras.regularizers.L2(0.01)),
+        lambda: dict(
+            optimizer=keras.optimizers.SGD(0.5)
+            if optimizer == "sgd"
+            else keras.optimizers.Adam(0.05),
+            loss=SparseASSoftmaxCrossentropy(delta=0.3),
+            jit_compile=jit_compile,
+        ),
+        x,
+        y,
+        sample_weight=weights,
+        epochs=3,
+    )
+    assert_same_training(plain, skipping)
+    # Skipping did happen: some batches went backward on a sub-batch.
+    assert min(log["backward_fraction"] for log in logs) < 1.0
+    assert min(log["sub_batch_size"] for log in logs) < 16
+
+
+@JIT
+def test_sequences_with_ignore_class_and_per_sample_weights(jit_compile):
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(1, 20, (96, 5)).astype("int32")
+    y = (tokens % NUM_CLASSES).astype("int32")
+    y[:, 3:][rng.random((96, 2)) < 0.5] = -1  # Padding, ignored.
+    weights = rng.uniform(0.5, 1.5, 96).astype("float32")
+
+    def build(skip):
+        return AdaptiveSequential(
+            [
+                keras.Input((5,), dtype="int32"),
+                keras.layers.Embedding(20, 8),
+                keras.layers.Dense(NUM_CLASSES),
+            ],
+            max_accumulation_steps=2,
+            skip_masked=skip,
+        )
+
+    plain, skipping, logs = fit_both(
+        build,
+        lambda: dict(
+            optimizer=keras.optimizers.Adam(0.05),
+            loss=SparseASSoftmaxCrossentropy(delta=0.3, ignore_class=-1),
+            jit_compile=jit_compile,
+        ),
+        tokens,
+        y,
+        sample_weight=weights,
+        epochs=4,
+    )
+    assert_same_training(plain, skipping)
+    assert min(log["backward_fraction"] for log in logs) < 1.0
+
+
+@JIT
+def test_multilabel_samples(jit_compile):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((128, 6)).astype("float32")
+    y = np.stack([x[:, 0] > 0, x[:, 1] > 0, x[:, 0] + x[:, 1] > 1], -1).astype("float32")
+    plain, skipping, logs = fit_both(
+        lambda skip: AdaptiveSequential(
+            [keras.Input((6,)), keras.layers.Dense(3)], skip_masked=skip
+        ),
+        lambda: dict(
+            optimizer=keras.optimizers.Adam(0.1),
+            loss=MultiLabelASSoftmaxCrossentropy(delta=0.3),
+            jit_compile=jit_compile,
+        ),
+        x,
+        y,
+        epochs=4,
+    )
+    assert_same_training(plain, skipping)
+    assert min(log["backward_fraction"] for log in logs) < 1.0
+
+
+def test_a_sample_needs_backward_while_any_counted_position_is_unmasked():
+    masked = np.array([[True, True], [True, False], [False, False], [True, False]])
+    counted = np.array([[True, True], [True, True], [False, False], [True, False]])
+    needs = keras.ops.convert_to_numpy(needs_backward(masked, counted))
+    # Row 2 counts nothing; row 3's unmasked position does not count.
+    np.testing.assert_array_equal(needs, [False, True, False, False])
+
+
+BATCH = 32
+# Samples that need a backward pass, per batch: every size of the ladder
+# (32, 16, 8, 4, 2, 1 and none), and after the busy batch (20 > 32 / 2) a
+# batch without a selection pass.
+NEEDED = [0, 1, 2, 3, 5, 9, 17, 20, 4, 2]
+
+
+def reference_sub_batch_sizes(needed_counts, batch_size):
+    """The sub-batch of each batch, by the rule in plain Python: a selection
+    pass when the last batch needed at most half, then the smallest of
+    32, 16, ..., 1 that holds the needed samples (0 for none)."""
+    sizes, last_needed = [], 0
+    for needed in needed_counts:
+        if last_needed * 2 > batch_size:
+            sizes.append(batch_size)
+        elif needed == 0:
+            sizes.append(0)
+        else:
+            sizes.append(min(s for s in (32, 16, 8, 4, 2, 1) if s >= needed))
+        last_needed = needed
+    return sizes
+
+
+def scripted_batches(needed_counts, seed=0):
+    """Inputs that are the logits: a sample that needs no backward pass is
+    sure of its target, the others are uniform; shuffled within a batch."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((len(needed_counts) * BATCH, NUM_CLASSES), "float32")
+    y = rng.integers(0, NUM_CLASSES, len(x)).astype("int32")
+    for batch, needed in enumerate(needed_counts):
+        rows = batch * BATCH + rng.permutation(BATCH)[needed:]
+        x[rows, y[rows]] = 20.0
+    return x, y
+
+
+@JIT
+def test_every_ladder_size_and_a_batch_with_nothing_to_learn(jit_compile):
+    x, y = scripted_batches(NEEDED)
+    # The independent reference says which samples need a backward pass.
+    _, _, keep, _ = reference.sparse_as_softmax(y, x, 0.5)
+    needed = (keep.sum(-1) > 1).reshape(len(NEEDED), BATCH).sum(-1)
+    np.testing.assert_array_equal(needed, NEEDED)
+
+    def build(skip):
+        inputs = keras.Input((NUM_CLASSES,))
+        outputs = keras.layers.Dense(
+            NUM_CLASSES,
+            kernel_initializer="identity",
+            kernel_regularizer=keras.regularizers.L2(0.01),
+        )(inputs)
+        return AdaptiveModel(inputs, outputs, max_accumulation_steps=1, skip_masked=skip)
+
+    plain, skipping, logs = fit_both(
+        build,
+        lambda: dict(
+            optimizer=keras.optimizers.SGD(0.01),
+            loss=SparseASSoftmaxCrossentropy(delta=0.5),
+            jit_compile=jit_compile,
+        ),
+        x,
+        y,
+        epochs=1,
+        batch_size=BATCH,
+    )
+    sizes = [int(log["sub_batch_size"]) for log in logs]
+    assert sizes == reference_sub_batch_sizes(NEEDED, BATCH)
+    # The empty batch still applied the regulariser's gradient, as the
+    # unskipped step does.
+    assert_same_training(plain, skipping)
+    np.testing.assert_allclose(
+        logs[-1]["backward_fraction"], np.mean(sizes) / BATCH, rtol=1e-6
+    )
+
+
+@JIT
+def test_no_backward_leaves_batch_norm_statistics_alone(jit_compile):
+    # Every sample is masked from the start: the selection pass runs in
+    # inference mode and nothing goes through a training forward pass.
+    x, y = scripted_batches([0, 0, 0])
+    model = AdaptiveSequential(
+        [
+            keras.Input((NUM_CLASSES,)),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(NUM_CLASSES, kernel_initializer="identity"),
+        ],
+        skip_masked=True,
+    )
+    model.compile(
+        optimizer="sgd", loss=SparseASSoftmaxCrossentropy(delta=0.5), jit_compile=jit_compile
+    )
+    history = model.fit(x * 10, y, batch_size=BATCH, shuffle=False, verbose=0)
+    assert history.history["backward_fraction"] == [0.0]
+    np.testing.assert_array_equal(model.layers[0].moving_mean.numpy(), 0.0)
+    np.testing.assert_array_equal(model.layers[0].moving_variance.numpy(), 1.0)
+
+
+def test_masked_means_the_same_for_the_loss_and_the_counts():
+    # delta 1 keeps every class, but p_t rounds to 1: loss and gradient 0.
+    y, logits = np.array([0]), np.array([[30.0, 0.0, 0.0]], "float32")
+    loss = SparseASSoftmaxCrossentropy(delta=1.0)
+    assert float(loss(y, logits)) == 0.0
+    assert [int(n) for n in loss.masked_counts(y, logits)] == [1, 1]
+    assert int(sparse_as_softmax_mask(y, logits, delta=1.0)[1]) == 1
+
+
+def test_settings_are_saved_and_checked(tmp_path):
+    model = dense_classifier(skip=True)
+    model.compile(optimizer="adam", loss=SparseASSoftmaxCrossentropy())
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.skip_masked is True
+    assert "backward_fraction" in [m.name for m in loaded.metrics]
+    with pytest.raises(TypeError, match="`skip_masked` must be True or False"):
+        dense_classifier(skip="yes")
+
+
+@JIT
+def test_resume_inside_a_window(jit_compile, tmp_path):
+    x, y = classification_data(64)
+
+    def make():
+        keras.utils.set_random_seed(0)
+        model = AdaptiveSequential(
+            [keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(NUM_CLASSES)],
+            max_accumulation_steps=3,
+            accumulation_lambda=3.0,
+            skip_masked=True,
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(0.05),
+            loss=SparseASSoftmaxCrossentropy(delta=0.3),
+            jit_compile=jit_compile,
+        )
+        return model
+
+    def fit(model, callbacks=()):
+        model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=list(callbacks))
+
+    reference_model = make()
+    fit(reference_model)
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    interrupted = make()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit(interrupted, [backup, CrashAt(epoch=2, batch=4)])  # Inside a window of 3.
+    resumed = make()
+    fit(resumed, [backup])
+    assert_same_training(reference_model, resumed)
