@@ -111,7 +111,7 @@ def main():
                         "measures (default 0.75)")
     args = parser.parse_args()
     task, methods = harness.prepare(compare.TASKS[args.dataset], args)
-    results = harness.compare(task, methods, args)
+    results = harness.train_all(task, methods, args)
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs; keras {keras.__version__}"

@@ -311,7 +311,7 @@ def train_once(task, method, seed, epochs, batch_size, max_accumulation_steps):
     }
 
 
-def compare(task, methods, args):
+def train_all(task, methods, args):
     """Trains every method for every seed: `{method name: [record per seed]}`.
 
     Within a seed the methods train one after another, their order rotated
@@ -378,6 +378,7 @@ def target_per_seed(methods, results):
 
 
 def _ratios(numerators, denominators):
+    """Per seed `numerator / denominator`, None where either is missing."""
     return [
         None if a is None or not b else a / b
         for a, b in zip(numerators, denominators)
@@ -605,6 +606,6 @@ def report(task, methods, results, args, columns=TABLE_COLUMNS):
 def main(make_task, args):
     """Runs every method for every seed, prints the table, saves the plot."""
     task, methods = prepare(make_task, args)
-    results = compare(task, methods, args)
+    results = train_all(task, methods, args)
     report(task, methods, results, args)
     return results

@@ -73,6 +73,12 @@ def forward_losses(model, losses):
         model._losses_override.clear()
 
 
+def make_step_function(model, step_function):
+    """The JAX trainer's `train_function` around `step_function(state, data)`
+    (its loop over `steps_per_execution`)."""
+    return model._make_function(step_function)
+
+
 def strategy_supports_no_merge_call():
     """Whether the current `tf.distribute` strategy can update variables in
     replica context (TensorFlow's internal API, as Keras's own
@@ -87,6 +93,7 @@ __all__ = [
     "get_keras_mask",
     "in_symbolic_scope",
     "loss_tracker",
+    "make_step_function",
     "reduce_weighted_values",
     "set_keras_mask",
     "strategy_supports_no_merge_call",

@@ -159,49 +159,79 @@ class AdaptiveModel(AdaptiveTrainer):
             )
         return loss
 
-    def _needs_backward(self, y, y_pred, sample_weight):
-        """Per sample, whether the AS loss leaves it any gradient."""
+    def _sub_batch(self, y, selection_pred, sample_weight):
+        """The `SubBatch` of the samples that the AS loss leaves a gradient,
+        from the selection pass's predictions."""
         flags = self._as_softmax_loss().masked_flags(
-            tree.flatten(y)[0], tree.flatten(y_pred)[0], sample_weight
+            tree.flatten(y)[0], tree.flatten(selection_pred)[0], sample_weight
         )
-        return needs_backward(*flags)
+        return SubBatch(needs_backward(*flags), selection_pred)
 
-    def _train_pass(self, x, y, sample_weight, selection_due, predict, run_pass):
+    def _train_pass(self, x, selection_due, select, run_pass, branch=None):
         """The training step's loss, gradients and metrics, on the whole
         batch or, with `skip_masked`, on the samples that need them.
 
         Args:
-            x, y, sample_weight: The batch.
+            x: The batch's inputs.
             selection_due: Boolean scalar, whether the last batch left few
                 enough samples with a gradient for a selection pass to pay.
-            predict: `predict(x)`, the model's predictions without gradient
-                and in inference mode (the backend's).
+            select: `select() -> SubBatch`: the selection pass (the
+                backend's: the model without gradient, in inference mode,
+                then `_sub_batch`).
             run_pass: `run_pass(training_pass)`, the backend's forward and
                 backward pass for a `skipping.TrainingPass`.
+            branch: None to choose the pass here; else the index of the
+                ladder's pass chosen beforehand (`select` then returns the
+                `SubBatch` it was chosen from).
 
         Returns:
             What `run_pass` returns.
         """
         batch_size = ops.shape(next(i for i in tree.flatten(x) if i is not None))[0]
         whole_batch = lambda: run_pass(TrainingPass(batch_size))  # noqa: E731
-        if not self.skip_masked:
+        if not self.skip_masked or branch == 0:
             return whole_batch()
 
         def selective():
-            selection_pred = predict(x)
-            sub_batch = SubBatch(
-                self._needs_backward(y, selection_pred, sample_weight),
-                selection_pred,
-            )
+            sub_batch = select()
             branches = [whole_batch]
             branches += [
                 lambda size=size: run_pass(TrainingPass(batch_size, sub_batch, size))
                 for size in ladder(batch_size)[1:]
             ]
             branches += [lambda: run_pass(TrainingPass(batch_size, sub_batch))]
+            if branch is not None:
+                return branches[branch]()
             return run_branch(sub_batch.branch, branches)
 
+        if branch is not None:
+            return selective()
         return run_cond(selection_due, selective, whole_batch)
+
+    def _accumulate_or_update(self, grads, cond=run_cond):
+        """`GradientAccumulator.accumulate_or_update` for the stateful
+        trainers (TensorFlow, PyTorch): on the variables."""
+        accumulator = self.gradient_accumulator
+        variables = self.trainable_variables
+        micro_step, window, is_update = accumulator.advance()
+
+        def apply(mean, state):
+            self.optimizer.apply(mean, variables)
+            return state
+
+        _, totals, micro_step, updates_added = accumulator.accumulate_or_update(
+            grads,
+            [total.value for total in accumulator.gradients],
+            micro_step,
+            window,
+            is_update,
+            apply,
+            cond=cond,
+        )
+        for total, new_value in zip(accumulator.gradients, totals):
+            total.assign(new_value)
+        accumulator.micro_step.assign(micro_step)
+        accumulator.updates.assign(accumulator.updates.value + updates_added)
 
     def _record_backward(self, training_pass):
         """Logs, when skipping, how much of the batch went backward."""
@@ -490,6 +520,57 @@ class GradientAccumulator(keras.metrics.Metric):
         proposed = ops.where(num_counted > 0, proposed, window)
         window = ops.where(ops.equal(micro_step, 0), proposed, window)
         return window, ops.greater_equal(micro_step + 1, window)
+
+    def accumulate_or_update(
+        self, grads, totals, micro_step, window, is_update, apply, state=(), cond=run_cond
+    ):
+        """One batch of a window, the same for every trainer.
+
+        Adds `grads` to the window's sums (a window's first batch starts
+        afresh) and, when `is_update`, applies their mean.
+
+        Args:
+            grads: This batch's gradients.
+            totals: The accumulators' values.
+            micro_step, window, is_update: As from `next_window`.
+            apply: `apply(mean_gradients, state) -> state`, the trainer's
+                optimizer update.
+            state: What `apply` updates: the trainable and optimizer
+                variables' values on a stateless trainer (JAX), else nothing.
+            cond: `cond(is_update, update_fn, accumulate_fn, operands)`, how
+                the trainer branches (by default `skipping.run_cond`).
+
+        Returns:
+            The new `(state, totals, micro_step, updates_added)`. After an
+            update the totals are left stale: the next batch starts afresh.
+        """
+
+        def sums(grads, totals, micro_step):
+            first_batch = ops.equal(micro_step, 0)
+            return [
+                ops.where(first_batch, grad, total + grad)
+                for grad, total in zip(grads, totals)
+            ]
+
+        def update(state, grads, totals, micro_step, window):
+            mean = [
+                total / ops.cast(window, total.dtype)
+                for total in sums(grads, totals, micro_step)
+            ]
+            return apply(mean, state), totals
+
+        def accumulate(state, grads, totals, micro_step, window):
+            return state, sums(grads, totals, micro_step)
+
+        state, totals = cond(
+            is_update, update, accumulate, (state, grads, totals, micro_step, window)
+        )
+        return (
+            state,
+            totals,
+            ops.where(is_update, 0, micro_step + 1),
+            ops.cast(is_update, "int32"),
+        )
 
     def advance(self):
         """`next_window` on this state's variables, for stateful steps.

@@ -21,7 +21,7 @@ from keras import tree
 
 from keras_as_softmax._keras_private import get_keras_mask
 from keras_as_softmax._keras_private import set_keras_mask
-from keras_as_softmax.backend import known_values
+from keras_as_softmax import backend
 
 # Sizes B, B/2, ..., B/32 (rounded up).
 LADDER_DEPTH = 5
@@ -159,17 +159,19 @@ def _with_mask_of(source, tensor):
 
 
 def run_branch(index, branches):
-    """`branches[index]()`; chosen in Python when `index` is known now (an
-    untraced JAX `lax.switch` would compile every branch at every call)."""
-    value = known_values(index)
+    """`branches[index]()`: in Python where the backend branches in Python
+    (PyTorch, eager steps: an untraced JAX `lax.switch` would compile every
+    branch at every call), else with `ops.switch`."""
+    value = backend.branch_value(index)
     if value is not None:
         return branches[int(value)]()
     return ops.switch(index, branches)
 
 
-def run_cond(condition, true_fn, false_fn):
-    """`ops.cond`, chosen in Python when `condition` is known now."""
-    value = known_values(condition)
+def run_cond(condition, true_fn, false_fn, operands=()):
+    """`true_fn(*operands)` if `condition` else `false_fn(*operands)`: with
+    `ops.cond`, or a Python `if` where the backend branches in Python."""
+    value = backend.branch_value(condition)
     if value is not None:
-        return true_fn() if bool(value) else false_fn()
-    return ops.cond(condition, true_fn, false_fn)
+        return true_fn(*operands) if value else false_fn(*operands)
+    return ops.cond(condition, lambda: true_fn(*operands), lambda: false_fn(*operands))

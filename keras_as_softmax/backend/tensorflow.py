@@ -18,6 +18,14 @@ def known_values(x):
     return np.asarray(x)
 
 
+def branch_value(x):
+    """The value of scalar `x` if known now (eager), else None: a graph
+    branches with `tf.cond`/`tf.switch_case`."""
+    if tf.is_symbolic_tensor(x):
+        return None
+    return np.asarray(x).item()
+
+
 # XLA fuses the `keras.ops` form of the sparse loss well: no kernel of our own.
 fused_sparse_as_softmax_loss = None
 
@@ -70,65 +78,56 @@ class AdaptiveTrainer:
                 tf.zeros_like(v.value) if g is None else g
                 for v, g in zip(variables, tape.gradient(loss, variables))
             ]
+            if self.skip_masked:
+                # The branches of the step must agree: sparse gradients
+                # (e.g. of an `Embedding`) become dense.
+                grads = [tf.convert_to_tensor(g) for g in grads]
             self._record_backward(training_pass)
             return grads, self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
         grads, logs = self._train_pass(
             x,
-            y,
-            sample_weight,
             self.gradient_accumulator.selection_due(),
-            lambda x: self(x, training=False),
+            lambda: self._sub_batch(y, self(x, training=False), sample_weight),
             run_pass,
         )
-        self._accumulate_or_update(grads, variables)
+        self._accumulate_or_update(
+            grads,
+            **({} if strategy_supports_no_merge_call() else {"cond": self._cross_replica_cond}),
+        )
         return {**logs, **self.gradient_accumulator.logs(self.skip_masked)}
 
-    def _accumulate_or_update(self, grads, variables):
+    def _cross_replica_cond(self, is_update, update, accumulate, operands):
+        """`cond` for `accumulate_or_update` under a strategy that needs merge
+        calls: the choice is made in cross-replica context (every replica saw
+        the same global counts, hence the same choice), and each replica
+        stores its own sums."""
         accumulator = self.gradient_accumulator
-        micro_step, window, is_update = accumulator.advance()
-        first_batch = ops.equal(micro_step, 0)
 
-        def window_sums(grads):
-            return [
-                tf.where(first_batch, grad, total.value + grad)
-                for total, grad in zip(accumulator.gradients, grads)
-            ]
+        def on_each_replica(branch):
+            def run(*operands):
+                _, totals = branch(*operands)
+                for total, new_value in zip(accumulator.gradients, totals):
+                    total.assign(new_value)
 
-        def update(grads, window):
-            # The accumulators keep stale sums: the next batch starts afresh.
-            self.optimizer.apply(
-                [total / tf.cast(window, total.dtype) for total in window_sums(grads)],
-                variables,
-            )
-            accumulator.micro_step.assign(0)
-            accumulator.updates.assign_add(1)
+            return run
 
-        def accumulate(grads):
-            for total, new_value in zip(accumulator.gradients, window_sums(grads)):
-                total.assign(new_value)
-            accumulator.micro_step.assign_add(1)
-
-        if strategy_supports_no_merge_call():
-            ops.cond(is_update, lambda: update(grads, window), lambda: accumulate(grads))
-            return
-
-        def cross_replica(strategy, is_update, grads, window):
-            # Every replica saw the same global counts, hence the same choice.
+        def merge_fn(strategy, is_update, operands):
             is_update = strategy.experimental_local_results(is_update)[0]
             ops.cond(
                 is_update,
                 lambda: strategy.extended.call_for_each_replica(
-                    update, args=(grads, window)
+                    on_each_replica(update), args=operands
                 ),
                 lambda: strategy.extended.call_for_each_replica(
-                    accumulate, args=(grads,)
+                    on_each_replica(accumulate), args=operands
                 ),
             )
 
         tf.distribute.get_replica_context().merge_call(
-            cross_replica, args=(is_update, grads, window)
+            merge_fn, args=(is_update, operands)
         )
+        return operands[0], [total.value for total in accumulator.gradients]
 
     def _distribution_scope(self):
         return self.distribute_strategy.scope()

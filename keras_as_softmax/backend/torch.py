@@ -70,9 +70,10 @@ def fused_sparse_as_softmax_loss(target_index, logits, delta):
 
 
 @torch.compiler.disable
-def _is_true(flag):
-    """`bool(flag)`; under `torch.compile` a quiet graph break, not a warning."""
-    return bool(flag)
+def branch_value(x):
+    """The value of scalar `x`, to branch on in Python: PyTorch's steps
+    always branch in Python (under `torch.compile` a quiet graph break)."""
+    return x.item() if isinstance(x, torch.Tensor) else x
 
 
 class AdaptiveTrainer:
@@ -107,38 +108,16 @@ class AdaptiveTrainer:
             self._record_backward(training_pass)
             return grads, self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-        def predict(x):
+        def select():
             with torch.no_grad():
-                return self(x, training=False)
+                return self._sub_batch(y, self(x, training=False), sample_weight)
 
         grads, logs = self._train_pass(
-            x,
-            y,
-            sample_weight,
-            self.gradient_accumulator.selection_due(),
-            predict,
-            run_pass,
+            x, self.gradient_accumulator.selection_due(), select, run_pass
         )
         with torch.no_grad():
-            self._accumulate_or_update(grads, variables)
+            self._accumulate_or_update(grads)
         return {**logs, **self.gradient_accumulator.logs(self.skip_masked)}
-
-    def _accumulate_or_update(self, grads, variables):
-        accumulator = self.gradient_accumulator
-        micro_step, window, is_update = accumulator.advance()
-        if _is_true(micro_step == 0):
-            sums = grads
-        else:
-            sums = [total.value + grad for total, grad in zip(accumulator.gradients, grads)]
-        if _is_true(is_update):
-            # The accumulators keep stale sums: the next batch starts afresh.
-            self.optimizer.apply([total / window for total in sums], variables)
-            accumulator.micro_step.assign(0)
-            accumulator.updates.assign(accumulator.updates.value + 1)
-        else:
-            for total, new_value in zip(accumulator.gradients, sums):
-                total.assign(new_value)
-            accumulator.micro_step.assign(micro_step + 1)
 
     def _distribution_scope(self):
         return contextlib.nullcontext()
