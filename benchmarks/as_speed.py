@@ -99,6 +99,7 @@ def command(args):
         f"--delta {args.delta}",
         f"--max-accumulation-steps {args.max_accumulation_steps}",
         f"--steady-masked {args.steady_masked}",
+        *([f"--train-size {args.train_size}"] if args.train_size else []),
         *(["--baselines"] if args.baselines else []),
     ])
 

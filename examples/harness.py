@@ -573,6 +573,9 @@ def parser(description, epochs, batch_size, delta=0.1, seeds=3):
     parser.add_argument("--plot", help="PNG path (default: <example>.png here)")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny slice, 1 seed, 2 epochs: a smoke test for CPU")
+    parser.add_argument("--train-size", type=int,
+                        help="train on the first N training samples only (a "
+                        "shorter benchmark on a CPU)")
     return parser
 
 
@@ -584,6 +587,8 @@ def prepare(make_task, args):
     if not 0.0 <= args.delta <= 1.0:
         raise SystemExit(f"--delta must be in [0, 1], got {args.delta}.")
     task = make_task(quick=args.quick)
+    if args.train_size:
+        task.train = tuple(a[: args.train_size] for a in task.train)
     methods = methods_for(task, args.delta, args.baselines)
     print(
         f"{task.title}: {len(task.train[1])} training / {len(task.validation[1])} "
