@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs the AS-Speed tests (tests/test_as_speed.py, tests/test_skipping.py) on
-# the JAX backend against
-# the oldest Keras this package supports (pyproject.toml: keras>=3.9), in a
-# fresh virtual environment, so that the floor stays true. Keras 3.9 is the
-# floor because the JAX train step calls `_update_metrics_variables` (new in
-# 3.9) and `_keras_private` imports `unscale_loss_for_distribution` (new in
-# 3.8). Keras 3.9's JAX trainer calls `jax.spmd_mode`, which JAX removed in
-# 0.6.1, hence the JAX pin. Only the JAX backend is tested here.
+# the JAX backend against the oldest Keras this package supports
+# (pyproject.toml: keras>=3.9), in a fresh virtual environment, so that the
+# floor stays true. Keras 3.9 is the floor because the JAX train step calls
+# `_update_metrics_variables` (new in 3.9) and `_keras_private` imports
+# `unscale_loss_for_distribution` (new in 3.8). Keras 3.9's JAX trainer calls
+# `jax.spmd_mode`, which JAX removed in 0.6.1, hence the JAX pin. Only the JAX
+# backend is tested here.
 # Usage: bash scripts/test_min_keras.sh [VENV_DIR]
 #        (default /tmp/keras-as-softmax-min-venv; emptied first)
 set -euo pipefail
