@@ -13,15 +13,16 @@ weights and regularisers are those of the whole batch and the gradient
 equals AS-Softmax's gradient of the whole batch.
 
 The ladder keeps shapes static, so that the step compiles: one branch per
-size, chosen with `ops.switch`.
+size, chosen with `ops.switch` (on JAX with `jit_compile`, on the host
+between jitted steps: see `keras_as_softmax.backend.jax`).
 """
 
 from keras import ops
 from keras import tree
 
+from keras_as_softmax import backend
 from keras_as_softmax._keras_private import get_keras_mask
 from keras_as_softmax._keras_private import set_keras_mask
-from keras_as_softmax import backend
 
 # Sizes B, B/2, ..., B/32 (rounded up).
 LADDER_DEPTH = 5
