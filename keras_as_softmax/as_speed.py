@@ -245,9 +245,10 @@ class AdaptiveModel(AdaptiveTrainer):
 
     def make_train_function(self, force=False):
         self._as_softmax_loss()
+        strategy = getattr(self, "distribute_strategy", None)  # TensorFlow's.
         if self.skip_masked and (
             keras.distribution.distribution() is not None
-            or getattr(self, "distribute_strategy", _ONE_REPLICA).num_replicas_in_sync > 1
+            or (strategy is not None and strategy.num_replicas_in_sync > 1)
         ):
             raise ValueError(
                 "`skip_masked=True` runs on one device: each replica would "
@@ -306,13 +307,6 @@ class AdaptiveModel(AdaptiveTrainer):
                 f"loss={getattr(self, 'loss', None)!r}."
             )
         return losses[0]
-
-
-class _OneReplica:
-    num_replicas_in_sync = 1
-
-
-_ONE_REPLICA = _OneReplica()
 
 
 class _ApplyOpenWindow(keras.callbacks.Callback):

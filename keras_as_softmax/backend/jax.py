@@ -62,15 +62,8 @@ class AdaptiveTrainer:
         steps = {}
 
         def train_step(state, data):
-            metrics_state = state[3]
-            accumulator = self.gradient_accumulator
-            position = {id(v): i for i, v in enumerate(self.metrics_variables)}
-            due = accumulator.selection_due(
-                metrics_state[position[id(accumulator.batch_needed)]],
-                metrics_state[position[id(accumulator.batch_samples)]],
-            )
             selection, branch = None, 0
-            if bool(due):
+            if bool(self._selection_due(state[3])):
                 selection = select(state, data)
                 branch = int(selection[2])
                 if branch == 0:
@@ -83,6 +76,14 @@ class AdaptiveTrainer:
             return steps[branch](state, data, selection)
 
         self.train_function = make_step_function(self, train_step)
+
+    def _selection_due(self, metrics_state):
+        """`GradientAccumulator.selection_due` on the metrics' values."""
+        values = dict(zip(map(id, self.metrics_variables), metrics_state))
+        accumulator = self.gradient_accumulator
+        return accumulator.selection_due(
+            values[id(accumulator.batch_needed)], values[id(accumulator.batch_samples)]
+        )
 
     def _select(self, state, data):
         """The selection pass: `(needs, selection_pred, branch)`."""
@@ -166,9 +167,7 @@ class AdaptiveTrainer:
 
         grads, logs, non_trainable, metrics_state = self._train_pass(
             x,
-            accumulator.selection_due(
-                value(accumulator.batch_needed), value(accumulator.batch_samples)
-            ),
+            self._selection_due(metrics_state),
             select,
             run_pass,
             branch,
