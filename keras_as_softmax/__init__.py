@@ -8,9 +8,11 @@ from keras_as_softmax.as_softmax import sparse_as_softmax_crossentropy
 from keras_as_softmax.as_softmax import sparse_as_softmax_mask
 from keras_as_softmax.as_speed import AdaptiveModel
 from keras_as_softmax.as_speed import AdaptiveSequential
+from keras_as_softmax.existing_models import adaptive
 from keras_as_softmax.multilabel import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax.multilabel import multilabel_as_softmax_crossentropy
 from keras_as_softmax.multilabel import multilabel_as_softmax_mask
+from keras_as_softmax.saving import load_model
 from keras_as_softmax.warmup import DeltaWarmup
 
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@
 
 Keras keeps tensor masks, loss reduction, its symbolic-build scope (in
 which tensors hold placeholder values), the (un)tracking of a layer's
-attributes, the loss unscaling of `tf.distribute` (and TensorFlow's own test for
+attributes, the serialized name of a class, the loss unscaling of `tf.distribute` (and TensorFlow's own test for
 merge calls) and parts of its trainers
 (the loss tracker, the JAX step's metric update and forward-pass losses)
 out of its public API. This package needs them, so a Keras upgrade that
@@ -16,6 +16,7 @@ from keras.src.backend.common.masking import set_keras_mask
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 from keras.src.losses.loss import reduce_weighted_values
 from keras.src.losses.loss import unscale_loss_for_distribution
+from keras.src.saving.serialization_lib import serialize_with_public_class
 
 
 @contextlib.contextmanager
@@ -95,6 +96,7 @@ __all__ = [
     "loss_tracker",
     "make_step_function",
     "reduce_weighted_values",
+    "serialize_with_public_class",
     "set_keras_mask",
     "strategy_supports_no_merge_call",
     "training_kwargs",

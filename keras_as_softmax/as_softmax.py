@@ -161,7 +161,7 @@ def sparse_as_softmax_mask(
     >>> # num_masked == 1, num_counted == 2
     """
     delta = validate_delta(delta)
-    targets, logits, valid = _prepare_sparse(
+    targets, logits, valid, _ = _prepare_sparse(
         y_true, y_pred, from_logits, ignore_class, axis
     )
     return _mask_and_counts(targets, logits, delta, valid, sample_weight, mask)
@@ -423,10 +423,15 @@ class ASSoftmaxCrossentropy(ASLoss):
 def _sparse_losses_and_masked(y_true, y_pred, delta, from_logits, ignore_class, axis):
     """`(losses, masked)` of `sparse_as_softmax_crossentropy`."""
     delta = validate_delta(delta)
-    targets, logits, valid = _prepare_sparse(
+    targets, logits, valid, in_range = _prepare_sparse(
         y_true, y_pred, from_logits, ignore_class, axis
     )
     losses, masked = _as_softmax_loss(targets, logits, delta)
+    # An id outside [0, C) that no check could see (a compiled step) gets a
+    # NaN loss, the same on every backend, and no gradient: the logged loss
+    # shows it without a host sync, and the weights stay as they were.
+    losses = ops.where(in_range, losses, np.nan)
+    masked = ops.logical_and(masked, in_range)
     if valid is not None:
         losses = ops.where(valid, losses, 0.0)
         set_keras_mask(losses, valid)
@@ -441,10 +446,12 @@ def _one_hot_losses_and_masked(y_true, y_pred, delta, from_logits, axis):
 
 
 def _prepare_sparse(y_true, y_pred, from_logits, ignore_class, axis):
-    """Validates sparse inputs; returns `(targets, logits, valid)`.
+    """Validates sparse inputs; returns `(targets, logits, valid, in_range)`.
 
     `logits` have classes last and are float32 or wider; `valid` is None
-    without `ignore_class`, else a boolean tensor with the targets' shape.
+    without `ignore_class`, else a boolean tensor with the targets' shape;
+    `in_range` is where the (not ignored) ids lie in `[0, C)`. The returned
+    targets are 0 where ignored or out of range, so gathers stay in bounds.
     """
     logits = _class_last_logits(y_pred, from_logits, axis)
     targets = ops.convert_to_tensor(y_true)
@@ -475,7 +482,10 @@ def _prepare_sparse(y_true, y_pred, from_logits, ignore_class, axis):
         targets = ops.where(valid, targets, 0)
         # Ignored positions may hold anything (even -inf); keep them finite.
         logits = ops.where(ops.expand_dims(valid, -1), logits, 0.0)
-    return targets, logits, valid
+    in_range = ops.logical_and(
+        ops.greater_equal(targets, 0), ops.less(targets, ops.shape(logits)[-1])
+    )
+    return ops.where(in_range, targets, 0), logits, valid, in_range
 
 
 def _prepare_one_hot(y_true, y_pred, from_logits, axis):
@@ -534,7 +544,8 @@ def _check_class_ids(targets, num_classes, ignore_class):
         raise ValueError(
             f"`y_true` holds class id {out_of_range.flat[0]}, outside "
             f"[0, {num_classes}) for `y_pred` with {num_classes} classes. "
-            "If it marks padding, pass it as `ignore_class`."
+            "If it marks padding (as -100 does in Hugging Face datasets), "
+            f"pass `ignore_class={out_of_range.flat[0]}` to the loss."
         )
 
 

@@ -70,8 +70,36 @@ class AdaptiveModel(AdaptiveTrainer):
     or `AdaptiveModel(inputs, outputs, max_accumulation_steps=2)`.
     """
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        hiding = [
+            base
+            for base in mro[1 : mro.index(AdaptiveModel)]
+            if issubclass(base, keras.Model) and not issubclass(base, AdaptiveModel)
+        ]
+        if hiding:
+            bases = ", ".join(
+                base.__name__ for base in cls.__bases__ if base is not AdaptiveModel
+            )
+            raise TypeError(
+                f"`{cls.__name__}` lists `AdaptiveModel` after "
+                f"`{hiding[0].__name__}`, a `keras.Model`, so that model's "
+                "methods would hide AS-Speed's (a keras-hub task would even "
+                "ignore `max_accumulation_steps`). Put `AdaptiveModel` first: "
+                f"`class {cls.__name__}(AdaptiveModel, {bases})`, or give a "
+                "model you already have AS-Speed with "
+                "`keras_as_softmax.adaptive(model)`."
+            )
+
     def __new__(cls, *args, **kwargs):
         if cls is AdaptiveModel:
+            if args and isinstance(args[0], keras.Model):
+                raise TypeError(
+                    "`AdaptiveModel(model)` does not wrap a model: to give "
+                    "an existing model (e.g. a keras-hub task) AS-Speed, call "
+                    "`keras_as_softmax.adaptive(model, max_accumulation_steps=...)`."
+                )
             if not (args or "inputs" in kwargs):
                 return object.__new__(cls)  # Keras re-creating the class chain.
             cls = AdaptiveFunctional
@@ -93,6 +121,13 @@ class AdaptiveModel(AdaptiveTrainer):
                 "`AdaptiveSequential`."
             )
         super().__init__(*args, **kwargs)
+        self._create_as_speed_state(
+            max_accumulation_steps, accumulation_lambda, skip_masked
+        )
+
+    def _create_as_speed_state(
+        self, max_accumulation_steps, accumulation_lambda, skip_masked
+    ):
         self.gradient_accumulator = GradientAccumulator(
             max_accumulation_steps, accumulation_lambda
         )
@@ -121,13 +156,24 @@ class AdaptiveModel(AdaptiveTrainer):
     def accumulation_lambda(self):
         return self.gradient_accumulator.accumulation_lambda
 
-    def get_config(self):
+    def as_speed_config(self):
+        """The AS-Speed settings, as `get_config` adds them to the model's."""
         return {
-            **super().get_config(),
             "max_accumulation_steps": self.max_accumulation_steps,
             "accumulation_lambda": self.accumulation_lambda,
             "skip_masked": self.skip_masked,
         }
+
+    def get_config(self):
+        return {**super().get_config(), **self.as_speed_config()}
+
+    def compile_from_config(self, config):
+        # What `keras.Model.compile_from_config` does, also for models whose
+        # `compile` is their own (keras-hub tasks), which Keras would leave
+        # with their default loss and a fresh optimizer when loading.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -267,6 +313,13 @@ class AdaptiveModel(AdaptiveTrainer):
         return super().make_test_function(force=force)
 
     def fit(self, *args, **kwargs):
+        # `optimizer_updates` goes on from the optimizer's own count, which
+        # restarts when the model is compiled with a new optimizer.
+        if getattr(self, "optimizer", None) is not None:
+            # A Python int: on JAX a shared buffer would be donated twice.
+            self.gradient_accumulator.updates.assign(
+                int(self.optimizer.iterations.numpy())
+            )
         if len(args) > 5:  # `callbacks` given by position.
             args = (*args[:5], _with_window_flush(args[5]), *args[6:])
         else:
@@ -313,14 +366,20 @@ class _ApplyOpenWindow(keras.callbacks.Callback):
     """Applies an open window when `fit`'s last epoch ends or it is stopped.
 
     It runs after the user's callbacks (so it sees `EarlyStopping`'s
-    decision) and before Keras's end of training (so `use_ema` and restored
-    best weights come after it). A `fit` that raises leaves the window open
+    decision) and before `History` and Keras's end of training (so `History`
+    counts that update, and `use_ema` and restored best weights come after
+    it). A `fit` that raises leaves the window open
     in the saved state, for `BackupAndRestore` to resume.
     """
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 == self.params["epochs"] or self.model.stop_training:
             self.model.apply_accumulated_gradients()
+            if logs is not None and "optimizer_updates" in logs:
+                # For `History` and the callbacks after this one.
+                logs["optimizer_updates"] = int(
+                    self.model.gradient_accumulator.updates.numpy()
+                )
 
 
 def _with_window_flush(callbacks):

@@ -44,3 +44,15 @@ def value_and_grad(fn, x, jit=False):
         keras.ops.convert_to_numpy(keras.ops.cast(t, "float32")).astype(np.float64)
         for t in (value, grad)
     )
+
+
+def reset_compiled_functions():
+    """Forgets what `torch.compile` compiled, on PyTorch.
+
+    After 8 models' steps one code object exceeds dynamo's recompile limit
+    and then runs eagerly; a test of what compiled steps do starts afresh.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch._dynamo.reset()

@@ -8,7 +8,8 @@ and `DeltaWarmup`.
 
 Class ids are checked whenever their values are known: eagerly (JAX and
 PyTorch with `jit_compile=False`, any backend with `run_eagerly=True`).
-Inside a compiled step they are not checked (see the README).
+Inside a compiled step an out-of-range id gives a NaN loss and no gradient,
+on every backend (see the README).
 
 An error raised inside a JAX training or test step leaves the model's
 variables emptied (Keras's JAX trainer restores them only when the loop ends
@@ -33,6 +34,7 @@ from keras_as_softmax import multilabel_as_softmax_crossentropy
 from keras_as_softmax import multilabel_as_softmax_mask
 from keras_as_softmax import sparse_as_softmax_crossentropy
 from keras_as_softmax import sparse_as_softmax_mask
+from tests.backend_utils import reset_compiled_functions
 
 JIT = pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
 NUM_CLASSES = 5
@@ -50,7 +52,8 @@ MULTI_HOT_SHAPE = r"`y_true` must be multi-hot with the shape of `y_pred`"
 FLOAT_IDS = r"`y_true` must hold integer class ids; received dtype float32\. Cast"
 OUT_OF_RANGE = (
     r"`y_true` holds class id 9, outside \[0, 5\) for `y_pred` with 5 classes\. "
-    r"If it marks padding, pass it as `ignore_class`"
+    r"If it marks padding \(as -100 does in Hugging Face datasets\), pass "
+    r"`ignore_class=9` to the loss\."
 )
 
 
@@ -141,6 +144,38 @@ def test_class_ids_out_of_range_in_eager_fit_and_evaluate(adaptive):
     # The same id is fine as the ignored class.
     model = model_with(SparseASSoftmaxCrossentropy(ignore_class=9), cls, False,
                        run_eagerly=True)
+    assert np.isfinite(fit(model, y).history["loss"][0])
+
+
+COMPILED = [True] + ([False] if keras.backend.backend() == "tensorflow" else [])
+
+
+@pytest.mark.parametrize("jit_compile", COMPILED, ids=lambda jit: f"jit={jit}")
+@pytest.mark.parametrize("adaptive", [False, True], ids=["model", "adaptive"])
+@pytest.mark.parametrize("bad_id", [-100, -1, NUM_CLASSES, 2**31 - 1])
+def test_class_ids_out_of_range_in_compiled_steps(bad_id, adaptive, jit_compile):
+    # Where no check can read the ids: a NaN loss that `fit` and `evaluate`
+    # report, no gradient from that sample, finite weights.
+    reset_compiled_functions()
+    y = IDS.copy()
+    y[3] = bad_id
+    cls = AdaptiveSequential if adaptive else keras.Sequential
+    model = model_with(SparseASSoftmaxCrossentropy(), cls, jit_compile)
+    history = fit(model, y).history
+    assert np.isnan(history["loss"][0])
+    assert np.isnan(model.evaluate(X, y, verbose=0, return_dict=True)["loss"])
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    # The other samples trained as without the bad one.
+    keep = np.arange(len(y)) != 3
+    reference = model_with(SparseASSoftmaxCrossentropy(), cls, jit_compile)
+    model = model_with(SparseASSoftmaxCrossentropy(), cls, jit_compile)
+    reference.set_weights(model.get_weights())
+    fit(model, y)
+    fit(reference, IDS, sample_weight=keep.astype("float32"))
+    for actual, expected in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    # As `ignore_class`, the same id trains with a finite loss.
+    model = model_with(SparseASSoftmaxCrossentropy(ignore_class=bad_id), cls, jit_compile)
     assert np.isfinite(fit(model, y).history["loss"][0])
 
 

@@ -1,0 +1,120 @@
+"""AS-Speed for a model that already exists: `adaptive(model)`.
+
+`adaptive` turns a built model, such as a keras-hub task with its
+preprocessor or a functional model, into an `AdaptiveModel` in place: its
+class becomes `AdaptiveModel` placed before the model's own class, so every
+method the model had (its `fit` on raw strings, `predict`, `generate`) stays,
+and AS-Speed's train step comes first. The model saves to `.keras` as its own
+class plus the AS-Speed settings, and loads back as the same conversion.
+"""
+
+import keras
+
+from keras_as_softmax._keras_private import serialize_with_public_class
+from keras_as_softmax._keras_private import unlocked
+from keras_as_softmax.as_speed import AdaptiveModel
+
+_REGISTERED_NAME = "AdaptiveModelOf"
+_classes = {}
+
+
+def adaptive(model, max_accumulation_steps=2, accumulation_lambda=1.0, skip_masked=False):
+    """Gives an existing model AS-Speed, without subclassing.
+
+    The model is converted in place (its weights, preprocessor, compiled
+    loss and optimizer stay) and returned. Compile it with one AS-Softmax
+    loss before `fit`, as any `AdaptiveModel`.
+
+    Args:
+        model: A `keras.Model`: a keras-hub task, a functional or
+            `Sequential` model, or a registered subclassed model.
+        max_accumulation_steps, accumulation_lambda, skip_masked: As in
+            `AdaptiveModel`.
+
+    Returns:
+        `model`, now also an `AdaptiveModel`.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> model = adaptive(model, max_accumulation_steps=2)
+    >>> model.compile(optimizer="sgd", loss=SparseASSoftmaxCrossentropy())
+    >>> isinstance(model, AdaptiveModel), model.max_accumulation_steps
+    (True, 2)
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`adaptive` takes a `keras.Model`; received {type(model).__name__}."
+        )
+    if isinstance(model, AdaptiveModel):
+        raise ValueError(
+            f"`{model.name}` already trains with AS-Speed; change its "
+            "settings with `model.gradient_accumulator.configure(...)` and "
+            "`model.configure_skipping(...)`."
+        )
+    model_class = type(model)
+    model.__class__ = _adaptive_class(model_class)
+    try:
+        with unlocked(model):
+            model._create_as_speed_state(
+                max_accumulation_steps, accumulation_lambda, skip_masked
+            )
+    except Exception:
+        model.__class__ = model_class
+        raise
+    # Steps compiled before the conversion would train without AS-Speed.
+    model.train_function = None
+    model.test_function = None
+    return model
+
+
+@keras.saving.register_keras_serializable(
+    package="keras_as_softmax", name=_REGISTERED_NAME
+)
+class AdaptiveModelOf(AdaptiveModel):
+    """The base of the classes `adaptive` makes: `AdaptiveModel` before the
+    model's own class (`model_class`).
+
+    Its config holds the model's own serialized config under `"model"` and
+    the AS-Speed settings; `from_config` rebuilds the model from it and
+    calls `adaptive` again.
+    """
+
+    model_class = None
+
+    def get_config(self):
+        own_config = super(AdaptiveModel, self).get_config()
+        model = serialize_with_public_class(self.model_class, own_config) or {
+            "module": self.model_class.__module__,
+            "class_name": self.model_class.__name__,
+            "config": own_config,
+            "registered_name": None,
+        }
+        return {"model": model, **self.as_speed_config()}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(
+            config.pop("model"), custom_objects=custom_objects
+        )
+        return adaptive(model, **config)
+
+
+def _adaptive_class(model_class):
+    """`AdaptiveModelOf` for `model_class`, made once per class."""
+    if model_class not in _classes:
+        adaptive_class = type(
+            f"Adaptive{model_class.__name__}",
+            (AdaptiveModelOf, model_class),
+            {"model_class": model_class, "__module__": __name__},
+        )
+        # Save every such class under `AdaptiveModelOf`'s registered name,
+        # which keeps pointing at `AdaptiveModelOf` to load them.
+        register = keras.saving.register_keras_serializable(
+            package="keras_as_softmax", name=_REGISTERED_NAME
+        )
+        register(adaptive_class)
+        register(AdaptiveModelOf)
+        _classes[model_class] = adaptive_class
+    return _classes[model_class]
