@@ -105,7 +105,7 @@ def _adaptive_class(model_class):
     """`AdaptiveModelOf` for `model_class`, made once per class."""
     if model_class not in _classes:
         adaptive_class = type(
-            f"Adaptive{model_class.__name__}",
+            f"{model_class.__name__}WithASSpeed",
             (AdaptiveModelOf, model_class),
             {"model_class": model_class, "__module__": __name__},
         )
