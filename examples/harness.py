@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 from keras_as_softmax import AdaptiveModel  # noqa: E402
 from keras_as_softmax import MultiLabelASSoftmaxCrossentropy  # noqa: E402
 from keras_as_softmax import SparseASSoftmaxCrossentropy  # noqa: E402
+from keras_as_softmax import adaptive  # noqa: E402
 
 AS_SOFTMAX = "AS-Softmax"
 AS_SPEED = "AS-Speed"
@@ -60,7 +61,9 @@ class Task:
         train: `(x, y)` or `(x, y, sample_weight)`.
         validation: The same for validation.
         build: `build(seed) -> (inputs, outputs)`: a functional graph whose
-            outputs are logits. Called after the seed is set.
+            outputs are logits; or `build(seed) -> model`, a `keras.Model`
+            whose outputs are logits (such as a keras-hub task, which reads
+            its own raw inputs). Called after the seed is set.
         metrics: `metrics(one_hot) -> list` of fresh metrics; the first is the
             one the table reports and the plot shows (on validation).
         num_classes: Number of classes or labels.
@@ -256,25 +259,31 @@ def _targets(y, method, task):
     return y
 
 
+def build_model(task, method, seed, max_accumulation_steps):
+    """The task's model for a method: an `AdaptiveModel` for AS-Speed (a
+    model that `task.build` returns is converted by `adaptive`)."""
+    built = task.build(seed)
+    settings = dict(
+        max_accumulation_steps=max_accumulation_steps, skip_masked=method.skip_masked
+    )
+    if isinstance(built, keras.Model):
+        return adaptive(built, **settings) if method.adaptive else built
+    if method.adaptive:
+        return AdaptiveModel(*built, **settings)
+    return keras.Model(*built)
+
+
 def train_once(task, method, seed, epochs, batch_size, max_accumulation_steps):
     """Trains one model with one method and seed; returns its per-epoch record."""
     keras.utils.set_random_seed(seed)
-    inputs, outputs = task.build(seed)
-    if method.adaptive:
-        model = AdaptiveModel(
-            inputs,
-            outputs,
-            max_accumulation_steps=max_accumulation_steps,
-            skip_masked=method.skip_masked,
-        )
-    else:
-        model = keras.Model(inputs, outputs)
+    model = build_model(task, method, seed, max_accumulation_steps)
     loss = method.loss()
     metrics = task.metrics(method.one_hot)
     monitor = "val_" + metrics[0].name
     model.compile(
         optimizer=keras.optimizers.Adam(task.learning_rate),
         loss=loss,
+        metrics=None,  # Not a keras-hub task's own "auto" metrics.
         weighted_metrics=metrics,
     )
     x, y, *weight = task.train

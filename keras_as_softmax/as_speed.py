@@ -41,8 +41,9 @@ class AdaptiveModel(AdaptiveTrainer):
     """A `keras.Model` mixin that trains with AS-Speed.
 
     Use it before `keras.Model` in the bases of a subclassed model, call it
-    like `keras.Model` with `inputs` and `outputs` for a functional model, or
-    use `AdaptiveSequential`. Compile it with one AS-Softmax loss. `fit` then
+    like `keras.Model` with `inputs` and `outputs` for a functional model,
+    use `AdaptiveSequential`, or convert a model you already have (e.g. a
+    keras-hub task) with `keras_as_softmax.adaptive(model)`. Compile it with one AS-Softmax loss. `fit` then
     logs `masked_ratio` (the fraction of counted samples that the loss
     masks), `accumulation_steps` (the current window) and
     `optimizer_updates`; a window still open when `fit`'s last epoch ends is
@@ -368,8 +369,8 @@ class _ApplyOpenWindow(keras.callbacks.Callback):
     It runs after the user's callbacks (so it sees `EarlyStopping`'s
     decision) and before `History` and Keras's end of training (so `History`
     counts that update, and `use_ema` and restored best weights come after
-    it). A `fit` that raises leaves the window open
-    in the saved state, for `BackupAndRestore` to resume.
+    it). A `fit` that raises leaves the window open in the saved state, for
+    `BackupAndRestore` to resume.
     """
 
     def on_epoch_end(self, epoch, logs=None):

@@ -188,3 +188,27 @@ def test_wordnet_parser(datasets_module):
     assert entity.lemmas == ["entity"] and entity.lexname == "noun.Tops"
     assert entity.hypernyms == []
     assert all(h in by_key for s in synsets for h in s.hypernyms)
+
+
+def test_keras_hub_text_quick(tmp_path):
+    result, plot = run_example("keras_hub_text.py", tmp_path)
+    check_comparison(result, plot, FOUR_METHODS, num_train=512, batch_size=64)
+    # It says which classifier ran: the preset, or the offline fallback.
+    assert (
+        "keras-hub BERT (pretrained bert_tiny_en_uncased)" in result.stdout
+        or "keras-hub BERT (random backbone, WordPiece vocabulary of " in result.stdout
+    )
+
+
+def test_keras_hub_text_without_keras_hub_says_how_to_get_it(tmp_path):
+    (tmp_path / "keras_hub.py").write_text("raise ImportError('no keras-hub')\n")
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "keras_hub_text.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "pip install keras-hub" in result.stderr
