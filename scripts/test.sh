@@ -2,8 +2,9 @@
 # Runs the test suite once per Keras backend; fails if any backend fails.
 # The three backends run side by side, each in its own process with its own
 # log, printed when all are done: most of a run is single-threaded tracing
-# and compiling, so on two cores this takes about two thirds of the time of
-# one backend after another. TEST_SEQUENTIAL=1 runs them one after another.
+# and compiling, so two cores keep three runs busy. On the project's 2-core
+# machine the whole run takes about 32 minutes, the time of the slowest
+# backend (PyTorch). TEST_SEQUENTIAL=1 runs them one after another.
 # Usage: bash scripts/test.sh [pytest args...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
