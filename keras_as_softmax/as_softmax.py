@@ -73,13 +73,15 @@ def sparse_as_softmax_crossentropy(
     """AS-Softmax cross-entropy between integer targets and predictions.
 
     Args:
-        y_true: Integer class ids, shape `y_pred.shape` without `axis`
-            (a trailing axis of size 1 is also accepted).
+        y_true: Class ids, shape `y_pred.shape` without `axis` (or with
+            size 1 there), as integers or as floats that are whole numbers.
         y_pred: Logits (or probabilities if `from_logits=False`), with the
             classes along `axis`, e.g. `(B, C)` or `(B, T, C)`.
         delta: Drop margin in `[0, 1]`; class `i` is dropped when
             `p_t - p_i > delta`. `1.0` is plain softmax cross-entropy.
-        from_logits: Whether `y_pred` holds logits rather than probabilities.
+        from_logits: Whether `y_pred` holds logits rather than probabilities
+            (which, as in Keras, are divided by their sum, then clipped to
+            `[epsilon, 1 - epsilon]` for the target's log).
         ignore_class: Optional class id (e.g. padding) whose positions get
             loss 0 and are left out of the mean of `SparseASSoftmaxCrossentropy`.
         axis: The class axis of `y_pred`.
@@ -161,10 +163,12 @@ def sparse_as_softmax_mask(
     >>> # num_masked == 1, num_counted == 2
     """
     delta = validate_delta(delta)
-    targets, logits, valid, _ = _prepare_sparse(
+    targets, scores, valid, _ = _prepare_sparse(
         y_true, y_pred, from_logits, ignore_class, axis
     )
-    return _mask_and_counts(targets, logits, delta, valid, sample_weight, mask)
+    return _mask_and_counts(
+        targets, scores, delta, from_logits, valid, sample_weight, mask
+    )
 
 
 def as_softmax_mask(
@@ -182,8 +186,10 @@ def as_softmax_mask(
         A tuple `(keep, num_masked, num_counted)`.
     """
     delta = validate_delta(delta)
-    targets, logits = _prepare_one_hot(y_true, y_pred, from_logits, axis)
-    return _mask_and_counts(targets, logits, delta, None, sample_weight, mask)
+    targets, scores = _prepare_one_hot(y_true, y_pred, axis)
+    return _mask_and_counts(
+        targets, scores, delta, from_logits, None, sample_weight, mask
+    )
 
 
 class ASLoss(keras.losses.Loss):
@@ -423,13 +429,14 @@ class ASSoftmaxCrossentropy(ASLoss):
 def _sparse_losses_and_masked(y_true, y_pred, delta, from_logits, ignore_class, axis):
     """`(losses, masked)` of `sparse_as_softmax_crossentropy`."""
     delta = validate_delta(delta)
-    targets, logits, valid, in_range = _prepare_sparse(
+    targets, scores, valid, in_range = _prepare_sparse(
         y_true, y_pred, from_logits, ignore_class, axis
     )
-    losses, masked = _as_softmax_loss(targets, logits, delta)
-    # An id outside [0, C) that no check could see (a compiled step) gets a
-    # NaN loss, the same on every backend, and no gradient: the logged loss
-    # shows it without a host sync, and the weights stay as they were.
+    losses, masked = _as_softmax_loss(targets, scores, delta, from_logits)
+    # An id outside [0, C) (or not a whole number) that no check could see, in
+    # a compiled step, gets a NaN loss, the same on every backend, and no
+    # gradient: the logged loss shows it without a host sync, and the weights
+    # stay as they were.
     losses = ops.where(in_range, losses, np.nan)
     masked = ops.logical_and(masked, in_range)
     if valid is not None:
@@ -441,33 +448,35 @@ def _sparse_losses_and_masked(y_true, y_pred, delta, from_logits, ignore_class, 
 def _one_hot_losses_and_masked(y_true, y_pred, delta, from_logits, axis):
     """`(losses, masked)` of `as_softmax_crossentropy`."""
     delta = validate_delta(delta)
-    targets, logits = _prepare_one_hot(y_true, y_pred, from_logits, axis)
-    return _as_softmax_loss(targets, logits, delta)
+    targets, scores = _prepare_one_hot(y_true, y_pred, axis)
+    return _as_softmax_loss(targets, scores, delta, from_logits)
 
 
 def _prepare_sparse(y_true, y_pred, from_logits, ignore_class, axis):
-    """Validates sparse inputs; returns `(targets, logits, valid, in_range)`.
+    """Validates sparse inputs; returns `(targets, scores, valid, in_range)`.
 
-    `logits` have classes last and are float32 or wider; `valid` is None
-    without `ignore_class`, else a boolean tensor with the targets' shape;
-    `in_range` is where the (not ignored) ids lie in `[0, C)`. The returned
-    targets are 0 where ignored or out of range, so gathers stay in bounds.
+    `scores` are `y_pred` (logits or probabilities) with classes last, float32
+    or wider; `valid` is None without `ignore_class`, else a boolean tensor
+    with the targets' shape; `in_range` is where the (not ignored) ids are
+    whole numbers in `[0, C)`. The returned targets are int32, 0 where
+    ignored or out of range, so gathers stay in bounds.
     """
-    logits = _class_last_logits(y_pred, from_logits, axis)
+    scores = _class_last(y_pred, axis)
     targets = ops.convert_to_tensor(y_true)
     if _is_placeholder(targets):
         # Keras's symbolic build under tf.distribute averages a batch of
         # targets to learn their shape, which turns class ids into floats.
         targets = ops.cast(targets, "int32")
-    if "int" not in keras.backend.standardize_dtype(targets.dtype):
+    dtype = keras.backend.standardize_dtype(targets.dtype)
+    if "int" not in dtype and "float" not in dtype:
         raise TypeError(
-            "`y_true` must hold integer class ids; received dtype "
-            f"{keras.backend.standardize_dtype(targets.dtype)}. Cast the "
-            "targets to int32, or use the one-hot `as_softmax_crossentropy`."
+            "`y_true` must hold class ids as integers (or floats that are "
+            f"whole numbers); received dtype {dtype}."
         )
-    if len(targets.shape) == len(logits.shape) and targets.shape[-1] == 1:
-        targets = ops.squeeze(targets, axis=-1)
-    expected = tuple(logits.shape[:-1])
+    # As Keras: a size-1 axis of `y_true` where `y_pred` has its classes.
+    if len(targets.shape) == len(y_pred.shape) and targets.shape[axis] == 1:
+        targets = ops.squeeze(targets, axis=axis)
+    expected = tuple(scores.shape[:-1])
     if not _shapes_match(targets.shape, expected):
         raise ValueError(
             "`y_true` must hold one class id per position of `y_pred`, shape "
@@ -475,34 +484,41 @@ def _prepare_sparse(y_true, y_pred, from_logits, ignore_class, axis):
             f"y_pred.shape={tuple(ops.convert_to_tensor(y_pred).shape)}. For "
             "one-hot targets use `as_softmax_crossentropy`."
         )
-    _check_class_ids(targets, logits.shape[-1], ignore_class)
+    _check_class_ids(targets, scores.shape[-1], ignore_class)
     valid = None
     if ignore_class is not None:
         valid = ops.not_equal(targets, ignore_class)
         targets = ops.where(valid, targets, 0)
         # Ignored positions may hold anything (even -inf); keep them finite.
-        logits = ops.where(ops.expand_dims(valid, -1), logits, 0.0)
+        filler = 0.0 if from_logits else 1.0
+        scores = ops.where(ops.expand_dims(valid, -1), scores, filler)
+    # Compared before any cast, so float ids are never rounded or wrapped.
     in_range = ops.logical_and(
-        ops.greater_equal(targets, 0), ops.less(targets, ops.shape(logits)[-1])
+        ops.greater_equal(targets, 0), ops.less(targets, ops.shape(scores)[-1])
     )
-    return ops.where(in_range, targets, 0), logits, valid, in_range
+    if "float" in dtype:
+        in_range = ops.logical_and(
+            in_range, ops.equal(targets, ops.floor(targets))
+        )
+    targets = ops.cast(ops.where(in_range, targets, 0), "int32")
+    return targets, scores, valid, in_range
 
 
-def _prepare_one_hot(y_true, y_pred, from_logits, axis):
-    """Validates one-hot inputs; returns `(targets, logits)`."""
+def _prepare_one_hot(y_true, y_pred, axis):
+    """Validates one-hot inputs; returns `(targets, scores)`."""
     y_pred = ops.convert_to_tensor(y_pred)
-    logits = _class_last_logits(y_pred, from_logits, axis)
+    scores = _class_last(y_pred, axis)
     y_true = ops.convert_to_tensor(y_true)
     if not _shapes_match(y_true.shape, y_pred.shape):
         raise ValueError(
-            "`y_true` must be one-hot with the shape of `y_pred`; received "
-            f"y_true.shape={tuple(y_true.shape)} and "
+            "`y_true` must be one-hot and must have the same shape as "
+            f"`y_pred`; received y_true.shape={tuple(y_true.shape)} and "
             f"y_pred.shape={tuple(y_pred.shape)}. For integer class ids use "
             "`sparse_as_softmax_crossentropy`."
         )
     _check_one_hot(y_true, axis)
     targets = ops.argmax(y_true, axis=axis)
-    return targets, logits
+    return targets, scores
 
 
 def _shapes_match(shape, other):
@@ -512,8 +528,8 @@ def _shapes_match(shape, other):
     )
 
 
-def _class_last_logits(y_pred, from_logits, axis):
-    """Returns float32-or-wider logits with the class axis last."""
+def _class_last(y_pred, axis):
+    """Returns `y_pred` as float32 or wider, with the class axis last."""
     y_pred = ops.convert_to_tensor(y_pred)
     dtype = keras.backend.standardize_dtype(y_pred.dtype)
     if "float" not in dtype:
@@ -524,29 +540,40 @@ def _class_last_logits(y_pred, from_logits, axis):
         raise ValueError("`y_pred` must have a class axis; received a scalar.")
     if dtype in _LOW_PRECISION_DTYPES:
         y_pred = ops.cast(y_pred, "float32")
-    y_pred = ops.moveaxis(y_pred, axis, -1)
-    if from_logits:
-        return y_pred
-    probs = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
-    epsilon = keras.backend.epsilon()
-    return ops.log(ops.clip(probs, epsilon, 1.0 - epsilon))
+    return ops.moveaxis(y_pred, axis, -1)
 
 
 def _check_class_ids(targets, num_classes, ignore_class):
-    """Raises for out-of-range class ids when their values are known now."""
+    """Raises for class ids that are out of range or not whole numbers, when
+    their values are known now."""
     class_ids = _values_if_known(targets)
     if num_classes is None or class_ids is None:
         return
     if ignore_class is not None:
         class_ids = class_ids[class_ids != ignore_class]
+    whole = np.isfinite(class_ids) & (np.floor(class_ids) == class_ids)
+    fractional = class_ids[~whole]
+    if fractional.size:
+        raise ValueError(
+            f"`y_true` holds {fractional.flat[0]}, which is not a class id: "
+            "float class ids must be whole numbers (Keras's own losses "
+            "would silently truncate it or ignore the position)."
+        )
     out_of_range = class_ids[(class_ids < 0) | (class_ids >= num_classes)]
     if out_of_range.size:
+        bad_id = _as_python_number(out_of_range.flat[0])
         raise ValueError(
-            f"`y_true` holds class id {out_of_range.flat[0]}, outside "
-            f"[0, {num_classes}) for `y_pred` with {num_classes} classes. "
-            "If it marks padding (as -100 does in Hugging Face datasets), "
-            f"pass `ignore_class={out_of_range.flat[0]}` to the loss."
+            f"`y_true` holds class id {bad_id}, outside [0, {num_classes}) "
+            f"for `y_pred` with {num_classes} classes. If it marks padding "
+            "(as -100 does in Hugging Face datasets), pass "
+            f"`ignore_class={bad_id}` to the loss."
         )
+
+
+def _as_python_number(value):
+    """`value` as a Python int when it is a whole number, else a float."""
+    value = value.item()
+    return int(value) if float(value).is_integer() else value
 
 
 def _check_one_hot(y_true, axis):
@@ -626,17 +653,21 @@ def _keep_mask(target_index, logits, delta):
     return probs, target_log_prob, target_prob, keep
 
 
-def _as_softmax_loss(targets, logits, delta):
+def _as_softmax_loss(targets, scores, delta, from_logits):
     """Per-position `(losses, masked)`: the loss `log(sum of kept p) -
-    log(p_t)`, and where it is masked (loss and gradient exactly 0).
-
-    The gradient is written out, `g * (kept p / sum of kept p - onehot(t))`,
-    so that autodiff keeps no buffer of the logits' size beyond the kept
-    probabilities.
-    """
+    log(p_t)`, and where it is masked (loss and gradient exactly 0)."""
     target_index = ops.expand_dims(ops.cast(targets, "int32"), -1)
     if not isinstance(delta, float):
-        delta = ops.cast(delta, logits.dtype)
+        delta = ops.cast(delta, scores.dtype)
+    if from_logits:
+        return _logit_loss(target_index, scores, delta)
+    return _probability_loss(target_index, scores, delta)
+
+
+def _logit_loss(target_index, logits, delta):
+    """`_as_softmax_loss` from logits. The gradient is written out,
+    `g * (kept p / sum of kept p - onehot(t))`, so that autodiff keeps no
+    buffer of the logits' size beyond the kept probabilities."""
     if isinstance(logits, keras.KerasTensor):
         losses, _, _, masked = _losses_and_kept(target_index, logits, delta)
         return losses, ops.squeeze(masked, -1)
@@ -687,9 +718,41 @@ def _is_masked(kept_sum, target_prob):
     return ops.equal(kept_sum, target_prob)
 
 
-def _mask_and_counts(targets, logits, delta, valid, sample_weight, mask):
+def _probability_keep_mask(target_index, probs, delta):
+    """`_keep_mask` for probabilities: returns `(probs, target_prob, keep)`.
+
+    As Keras's cross-entropy from probabilities, each position's
+    probabilities are first divided by their sum.
+    """
+    probs = probs / ops.sum(probs, axis=-1, keepdims=True)
+    target_prob = ops.take_along_axis(probs, target_index, axis=-1)
+    return probs, target_prob, ops.greater_equal(probs, target_prob - delta)
+
+
+def _probability_loss(target_index, probs, delta):
+    """`_as_softmax_loss` for probabilities: `log(sum of kept p) -
+    log(clip(p_t))`. At `delta = 1` the kept sum is 1, and the loss is
+    Keras's `-log(clip(p_t, epsilon, 1 - epsilon))`, gradient included:
+    probabilities that are 0 are not clipped up into the sum."""
+    probs, target_prob, keep = _probability_keep_mask(target_index, probs, delta)
+    kept_sum = ops.sum(ops.where(keep, probs, 0.0), axis=-1, keepdims=True)
+    masked = _is_masked(kept_sum, target_prob)
+    epsilon = keras.backend.epsilon()
+    losses = ops.log(kept_sum) - ops.log(
+        ops.clip(target_prob, epsilon, 1.0 - epsilon)
+    )
+    losses = ops.where(masked, 0.0, losses)
+    return ops.squeeze(losses, -1), ops.squeeze(masked, -1)
+
+
+def _mask_and_counts(targets, scores, delta, from_logits, valid, sample_weight, mask):
     target_index = ops.expand_dims(ops.cast(targets, "int32"), -1)
-    probs, _, target_prob, keep = _keep_mask(target_index, logits, delta)
+    if from_logits:
+        probs, _, target_prob, keep = _keep_mask(target_index, scores, delta)
+    else:
+        probs, target_prob, keep = _probability_keep_mask(
+            target_index, scores, delta
+        )
     kept_sum = ops.sum(ops.where(keep, probs, 0.0), axis=-1, keepdims=True)
     masked = ops.squeeze(_is_masked(kept_sum, target_prob), -1)
     if sample_weight is not None:

@@ -20,7 +20,7 @@ from keras import ops
 
 from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import _align_weights
-from keras_as_softmax.as_softmax import _class_last_logits
+from keras_as_softmax.as_softmax import _class_last
 from keras_as_softmax.as_softmax import _counted_positions
 from keras_as_softmax.as_softmax import _shapes_match
 from keras_as_softmax.as_softmax import _values_if_known
@@ -151,7 +151,7 @@ class MultiLabelASSoftmaxCrossentropy(ASLoss):
 def _prepare(y_true, y_pred, from_logits):
     """Validates inputs; returns `(positive, logits)`, labels last."""
     y_true = ops.convert_to_tensor(y_true)
-    logits = _class_last_logits(y_pred, from_logits=True, axis=-1)
+    logits = _class_last(y_pred, axis=-1)
     if not _shapes_match(y_true.shape, logits.shape):
         raise ValueError(
             "`y_true` must be multi-hot with the shape of `y_pred`; received "

@@ -62,6 +62,40 @@ def sparse_as_softmax(y, z, delta, ignore_class=None, tie_keep=None):
     return loss, grad, keep & valid[..., None], num_ties
 
 
+def sparse_as_softmax_from_probabilities(y, p, delta, epsilon=1e-7):
+    """`sparse_as_softmax` for probabilities `p`, as Keras reads them.
+
+    Each row is divided by its sum (`q = p / S`); class `i` is kept when
+    `q_t - q_i <= delta`; the loss is `log(sum of kept q) - log(clip(q_t,
+    epsilon, 1 - epsilon))`, with loss and gradient 0 where no kept class but
+    the target has probability (masked). At `delta = 1` that is Keras's
+    `-log(clip(q_t))`.
+
+    Returns:
+        `(loss, grad, masked)`; `grad` is d(loss)/dp per position.
+    """
+    p = np.asarray(p, np.float64)
+    y = np.asarray(y)[..., None]
+    total = np.sum(p, axis=-1, keepdims=True)
+    q = p / total
+    q_t = np.take_along_axis(q, y, axis=-1)
+    keep = q >= q_t - delta
+    kept_sum = np.sum(np.where(keep, q, 0.0), axis=-1, keepdims=True)
+    is_target = np.arange(p.shape[-1]) == y
+    others = np.where(keep & ~is_target, q, 0.0)
+    masked = np.sum(others, axis=-1, keepdims=True) == 0
+    clipped = np.clip(q_t, epsilon, 1 - epsilon)
+    loss = np.where(masked, 0.0, np.log(kept_sum) - np.log(clipped))
+    # d log(kept_sum)/dp_j = (keep_j / S - kept_sum / S) / kept_sum;
+    # d log(clip(q_t))/dp_j = (onehot_j / S - q_t / S) / q_t inside the clip.
+    inside = (q_t > epsilon) & (q_t < 1 - epsilon)
+    grad = (keep - kept_sum) / (total * kept_sum) - np.where(
+        inside, (is_target - q_t) / (total * q_t), 0.0
+    )
+    grad = np.where(masked, 0.0, grad)
+    return loss[..., 0], grad, masked[..., 0]
+
+
 def softmax_crossentropy(y, z):
     """Plain sparse softmax cross-entropy per position."""
     z = np.asarray(z, np.float64)

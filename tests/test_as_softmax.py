@@ -240,17 +240,30 @@ def test_delta_one_equals_keras_crossentropy_from_probabilities():
     )
 
 
-def test_from_probabilities_matches_reference():
+@pytest.mark.parametrize("delta", [0.1, 0.4])
+def test_from_probabilities_matches_reference(delta):
     y, z = random_inputs((16, 12), 3.0, seed=9)
-    probs = reference.softmax(z).astype("float32")
-    losses = to_numpy(
-        sparse_as_softmax_crossentropy(y, probs, delta=0.1, from_logits=False)
+    # Unnormalised, with exact zeros in classes other than the target.
+    probs = 2.0 * reference.softmax(z)
+    probs[np.arange(16) % 4 == 0, (y[np.arange(16) % 4 == 0] + 1) % 12] = 0.0
+    probs = probs.astype("float32")
+    weights = np.random.default_rng(1).random(16)
+    ref_loss, ref_grad, ref_masked = reference.sparse_as_softmax_from_probabilities(
+        y, probs, delta
     )
-    log_probs = np.log(np.clip(probs, 1e-7, 1 - 1e-7))
-    np.testing.assert_allclose(
-        losses, reference.sparse_as_softmax(y, log_probs, 0.1)[0], rtol=1e-5,
-        atol=1e-6,
+    assert 0 < ref_masked.sum() < 16
+    losses = sparse_as_softmax_crossentropy(y, probs, delta, from_logits=False)
+    np.testing.assert_allclose(to_numpy(losses), ref_loss, rtol=1e-5, atol=1e-6)
+    _, num_masked, _ = sparse_as_softmax_mask(y, probs, delta, from_logits=False)
+    assert int(num_masked) == ref_masked.sum()
+    value, grad = value_and_grad(
+        lambda p: ops.sum(
+            sparse_as_softmax_crossentropy(y, p, delta, from_logits=False)
+            * ops.convert_to_tensor(weights, "float32")
+        ),
+        probs,
     )
+    np.testing.assert_allclose(grad, ref_grad * weights[:, None], rtol=1e-4, atol=1e-6)
 
 
 def test_one_hot_equals_sparse():
@@ -469,12 +482,6 @@ def test_one_hot_shape_mismatch():
         as_softmax_crossentropy(np.eye(4)[:3], EXAMPLE_LOGITS)
     with pytest.raises(ValueError, match="`y_true` must be one-hot"):
         ASSoftmaxCrossentropy()(EXAMPLE_TARGETS, EXAMPLE_LOGITS)
-
-
-def test_float_targets_to_sparse_loss():
-    with pytest.raises(TypeError, match="integer class ids"):
-        SparseASSoftmaxCrossentropy()(EXAMPLE_TARGETS.astype("float32"),
-                                      EXAMPLE_LOGITS)
 
 
 def test_integer_logits():
