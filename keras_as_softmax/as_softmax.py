@@ -557,7 +557,7 @@ def _check_class_ids(targets, num_classes, ignore_class):
         raise ValueError(
             f"`y_true` holds {fractional.flat[0]}, which is not a class id: "
             "float class ids must be whole numbers (Keras's own losses "
-            "would silently truncate it or ignore the position)."
+            "would silently truncate it)."
         )
     out_of_range = class_ids[(class_ids < 0) | (class_ids >= num_classes)]
     if out_of_range.size:
