@@ -28,6 +28,7 @@ from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import count_masked
 from keras_as_softmax.backend import AdaptiveTrainer
 from keras_as_softmax.backend import sum_across_replicas
+from keras_as_softmax.saving import compile_from_saved_config
 from keras_as_softmax.skipping import SubBatch
 from keras_as_softmax.skipping import TrainingPass
 from keras_as_softmax.skipping import ladder
@@ -172,9 +173,7 @@ class AdaptiveModel(AdaptiveTrainer):
         # What `keras.Model.compile_from_config` does, also for models whose
         # `compile` is their own (keras-hub tasks), which Keras would leave
         # with their default loss and a fresh optimizer when loading.
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
+        compile_from_saved_config(self, config)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True

@@ -51,12 +51,17 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     if not (compile and compile_config):
         return model
     with keras.saving.custom_object_scope(custom_objects or {}):
-        model.compile(
-            **keras.saving.deserialize_keras_object(
-                compile_config, safe_mode=safe_mode
-            )
-        )
-    model.optimizer.build(model.trainable_variables)
+        compile_from_saved_config(model, compile_config, safe_mode=safe_mode)
     # Read the file's variables again, now that the optimizer has its own.
     model.load_weights(filepath)
     return model
+
+
+def compile_from_saved_config(model, compile_config, safe_mode=True):
+    """Compiles `model` as its saved `compile_config` says, and builds the
+    optimizer of a built model so that saved optimizer state can load."""
+    model.compile(
+        **keras.saving.deserialize_keras_object(compile_config, safe_mode=safe_mode)
+    )
+    if model.built:
+        model.optimizer.build(model.trainable_variables)
