@@ -26,14 +26,89 @@ def _backend_from_argv(argv):
 
 if _backend_from_argv(sys.argv[1:]) in BACKENDS:
     os.environ["KERAS_BACKEND"] = _backend_from_argv(sys.argv[1:])
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter.
+# TensorFlow's own C++ logger (`I tensorflow/...` lines, such as the CPU
+# feature notice) reads this once, when TensorFlow loads.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import importlib.util  # noqa: E402
+import re  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Callable  # noqa: E402
 
-import keras  # noqa: E402
+# What native libraries log to the process's stderr while they start. In
+# recent TensorFlow releases (2.19 to 2.21 at least) most start-up lines
+# (oneDNN, the CUDA stubs and probe) go through Abseil's logger before
+# anything calls `absl::InitializeLog()`, and Abseil then writes every
+# severity to stderr, after a preamble, whatever TF_CPP_MIN_LOG_LEVEL says;
+# on a machine without a GPU the CUDA probe logs its failure as an error.
+_ABSL_PREAMBLE = (
+    "WARNING: All log messages before absl::InitializeLog() is called are "
+    "written to STDERR"
+)
+_NATIVE_LOG_LINE = re.compile(
+    # Abseil's: before its initialisation the time reads 00:00:<epoch seconds>.
+    r"(?P<absl>[IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<tf>[IWEF]) \S+:\d+\] "  # TF's own
+)
+# Errors that only say that no GPU (or CUDA library) was found, or that a CUDA
+# plugin was registered twice; other errors stay.
+_START_UP_ERRORS = ("failed call to cuInit", "Unable to register cu")
+
+
+def _without_start_up_logs(text):
+    """`text` without the native start-up log lines: Abseil's preamble, info
+    and warning lines, and the errors of `_START_UP_ERRORS`."""
+    kept = []
+    for line in text.splitlines(keepends=True):
+        if line.rstrip("\n") == _ABSL_PREAMBLE:
+            continue
+        match = _NATIVE_LOG_LINE.match(line)
+        if match:
+            severity = match.group("absl") or match.group("tf")
+            if severity in "IW" or any(s in line for s in _START_UP_ERRORS):
+                continue
+        kept.append(line)
+    return "".join(kept)
+
+
+@contextlib.contextmanager
+def _start_up_logs_filtered():
+    """Runs the block with file descriptor 2 (where native libraries log)
+    captured, then writes what it caught to stderr without the start-up log
+    lines (`_without_start_up_logs`); Python's own warnings and errors stay."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            sys.stderr.write(_without_start_up_logs(text))
+            sys.stderr.flush()
+
+
+# Keras loads here with the start-up logs left out, and so does TensorFlow
+# when it is installed, whatever the backend (`keras.utils.set_random_seed`
+# imports it to seed it too); on the TensorFlow backend its devices are set
+# up here too (the CUDA probe, and on a GPU the device lines).
+with _start_up_logs_filtered():
+    import keras  # noqa: E402
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        import tensorflow  # noqa: E402, F401
+
+        if keras.backend.backend() == "tensorflow":
+            tensorflow.config.list_logical_devices()
+
 import numpy as np  # noqa: E402
 
 from keras_as_softmax import AdaptiveModel  # noqa: E402
@@ -237,19 +312,31 @@ class EpochTrace(keras.callbacks.Callback):
 
 
 def final_masked_ratio(model, loss, data, limit=20000):
-    """Fraction of the counted training samples the AS loss masks at the end."""
+    """Fraction of the counted training samples the AS loss masks at the end.
+
+    The logits come from `predict` run eagerly (`run_eagerly`). A compiled
+    predict function would be a new one per trained model, traced on its
+    first call (and again for the last, smaller batch) and called once or
+    twice: time spent compiling for one pass, and TensorFlow counts the same
+    step code traced on most of its calls and warns about retracing.
+    """
     x, y, weight = (tuple(data) + (None,))[:3]
     # Chunks of about 2**25 logits (128 MiB in float32).
     chunk = max(1, 2**25 // int(np.prod(model.output_shape[1:])))
     masked = counted = 0
-    for start in range(0, min(len(y), limit), chunk):
-        part = slice(start, min(start + chunk, limit, len(y)))
-        logits = model.predict(x[part], batch_size=256, verbose=0)
-        m, c = loss.masked_counts(
-            y[part], logits, None if weight is None else weight[part]
-        )
-        masked += int(keras.ops.convert_to_numpy(m))
-        counted += int(keras.ops.convert_to_numpy(c))
+    run_eagerly, model.run_eagerly = model.run_eagerly, True
+    try:
+        for start in range(0, min(len(y), limit), chunk):
+            part = slice(start, min(start + chunk, limit, len(y)))
+            logits = model.predict(x[part], batch_size=256, verbose=0)
+            m, c = loss.masked_counts(
+                y[part], logits, None if weight is None else weight[part]
+            )
+            masked += int(keras.ops.convert_to_numpy(m))
+            counted += int(keras.ops.convert_to_numpy(c))
+    finally:
+        # A later `predict` builds its compiled function afresh.
+        model.run_eagerly, model.predict_function = run_eagerly, None
     return masked / max(counted, 1)
 
 

@@ -6,6 +6,7 @@ only that the table's columns agree with each other and with the run.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -17,6 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 BACKEND = keras.backend.backend()
 FOUR_METHODS = ["softmax CE", "AS-Softmax", "AS-Speed", "AS-Speed + skipping"]
+# A warning or a native library's log line: Python's and TensorFlow's warnings
+# (`WARNING:tensorflow:... triggered tf.function retracing`, `...: UserWarning:`)
+# and Abseil's lines (`I0000 00:00:1795678434.819528    6213 port.cc:153] ...`).
+LOG_LINE = re.compile(r"WARNING|Warning:|retracing|^[IWEF]\d{4} \d\d:\d\d:\d")
 
 pytest.importorskip("matplotlib", reason="examples need the [examples] extra")
 pytest.importorskip("sklearn", reason="examples need the [examples] extra")
@@ -110,6 +115,40 @@ def test_main_job_quick(tmp_path):
          "AS-Softmax", "AS-Speed", "AS-Speed + skipping"],
         num_train=400, batch_size=32,
     )
+    # Only the progress lines, the table and the plot's path: no backend
+    # start-up logs, no retracing warnings from the final masked-ratio pass.
+    output = (result.stdout + result.stderr).splitlines()
+    assert [line for line in output if LOG_LINE.search(line)] == []
+    assert result.stderr == ""
+
+
+def test_start_up_log_filter(monkeypatch):
+    """The examples leave out the native start-up log lines and keep the rest."""
+    monkeypatch.syspath_prepend(EXAMPLES)
+    import harness
+
+    dropped = [
+        "WARNING: All log messages before absl::InitializeLog() is called are "
+        "written to STDERR",
+        "I0000 00:00:1795678434.819528    6213 port.cc:153] oneDNN custom "
+        "operations are on.",
+        "I0000 00:00:1795678434.819893    6213 cudart_stub.cc:31] Could not find "
+        "cuda drivers on your machine, GPU will not be used.",
+        "W0000 00:00:1758131437.322781 3722519 computation_placer.cc:177] "
+        "computation placer already registered.",
+        "E0000 00:00:1795678438.064819    6213 cuda_platform.cc:52] failed call "
+        "to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+        "2025-09-17 14:44:05.157831: I external/local_xla/xla/tsl/cuda/"
+        "cudart_stub.cc:32] Could not find cuda drivers on your machine.",
+    ]
+    kept = [
+        "E0000 00:00:1795678438.064819    6213 some_op.cc:52] a real error",
+        "2025-09-17 14:44:05.176998: F tensorflow/core/x.cc:1] a fatal error",
+        "/path/to/module.py:3: UserWarning: a Python warning",
+        "Traceback (most recent call last):",
+    ]
+    text = "\n".join(dropped[:3] + kept[:2] + dropped[3:] + kept[2:]) + "\n"
+    assert harness._without_start_up_logs(text) == "\n".join(kept) + "\n"
 
 
 def test_main_job_rejects_bad_delta(tmp_path):
