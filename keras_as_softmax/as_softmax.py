@@ -632,15 +632,17 @@ def _align_weights(sample_weight, values):
 def _keep_mask(target_index, logits, delta):
     """Returns `(probs, target_log_prob, target_prob, keep)`.
 
-    `keep` is `z_i >= z_t or p_i >= p_t - delta`, on
-    `p = exp(log_softmax(logits))`: the target is always kept. The mask is a comparison: no gradient flows through it. The
-    PyTorch kernel (`keras_as_softmax.backend.torch`) makes the same
-    comparison on the same values, so masks and losses agree there.
+    `keep` is `z_i >= z_t or p_i >= p_t - delta`, on `p = softmax(logits)`:
+    the target is always kept. The mask is a comparison: no gradient flows
+    through it. The PyTorch kernel (`keras_as_softmax.backend.torch`) takes
+    the same `torch.softmax` values and makes the same comparison, so masks
+    and losses agree there.
     """
-    log_probs = ops.log_softmax(logits, axis=-1)
-    target_log_prob = ops.take_along_axis(log_probs, target_index, axis=-1)
-    probs = ops.exp(log_probs)
+    probs = ops.softmax(logits, axis=-1)
     target_prob = ops.take_along_axis(probs, target_index, axis=-1)
+    target_log_prob = ops.take_along_axis(
+        ops.log_softmax(logits, axis=-1), target_index, axis=-1
+    )
     if not isinstance(delta, float):
         delta = ops.cast(delta, logits.dtype)
     # Classes at or above the target's logit are kept whatever `exp`'s

@@ -520,3 +520,25 @@ def test_config_round_trip(loss):
     assert type(restored) is type(loss)
     assert restored.get_config() == config
     assert restored.delta == loss.delta
+
+
+def test_loss_and_mask_helper_agree_at_borderline_deltas():
+    # Deltas equal to some row's p_t - p_i as the softmax computes it, on
+    # logits with many ties: the loss (PyTorch's own kernel there) and the
+    # mask helper (`keras.ops`) must take the same keep decisions.
+    rng = np.random.default_rng(0)
+    total_masked = 0
+    for num_classes in (3, 17, 1000):
+        z = (rng.integers(-4, 5, size=(2000, num_classes)) * 0.5).astype("float32")
+        y = rng.integers(0, num_classes, size=2000)
+        p = to_numpy(ops.softmax(z))
+        rows = np.arange(2000)
+        gaps = p[rows, y] - p[rows, rng.integers(0, num_classes, size=2000)]
+        gaps = gaps[gaps > 0]
+        for delta in (0.0, 0.1, float(gaps[0]), float(np.median(gaps))):
+            loss = SparseASSoftmaxCrossentropy(delta=delta)
+            num_masked, _ = loss.masked_counts(y, z)
+            _, helper_masked, _ = sparse_as_softmax_mask(y, z, delta)
+            assert int(num_masked) == int(helper_masked)
+            total_masked += int(num_masked)
+    assert total_masked > 0

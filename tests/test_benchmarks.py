@@ -94,15 +94,41 @@ def test_as_speed_quick(tmp_path):
 
 def test_loss_cost_quick():
     output = run_quick("loss_cost.py")
+    backend = keras.backend.backend()
+    modes = {"tensorflow": ["graph", "xla"], "jax": ["jit"], "torch": ["eager", "compile"]}
+    header = next(line for line in output.splitlines() if line.startswith("loss "))
+    assert header.split()[:11] == [
+        "loss", "shape", "dtype", "mode", "base", "ms", "AS", "ms", "ratio", "ratio", "IQR"
+    ]
     rows = [
         line.split()
         for line in output.splitlines()
         if line.startswith(("sparse ", "multilabel "))
     ]
-    assert {row[0] for row in rows} == {"sparse", "multilabel"}
-    for row in rows:  # Baseline ms, AS ms and their ratio are positive numbers.
-        assert float(row[4]) > 0 and float(row[5]) > 0
-        # Each printed to 3 decimals: the ratio within their rounding.
-        assert float(row[6]) == pytest.approx(
-            float(row[5]) / float(row[4]), rel=0.05, abs=0.001
-        )
+    # Every configuration in every mode of the backend (the quick run leaves
+    # torch.compile out for bfloat16), each once.
+    expected = {
+        (loss, shape, dtype, mode)
+        for loss, shapes in (("sparse", ["64x10", "64x200", "4x8x200"]),
+                             ("multilabel", ["64x10", "64x200"]))
+        for shape in shapes
+        for dtype in ("float32", "bfloat16")
+        for mode in modes[backend]
+        if not (mode == "compile" and dtype == "bfloat16")
+    }
+    keys = [tuple(row[:4]) for row in rows]
+    assert sorted(keys) == sorted(expected)
+    for row in rows:
+        base_ms, as_ms, ratio = float(row[4]), float(row[5]), float(row[6])
+        assert base_ms > 0 and as_ms > 0 and ratio > 0
+        # The median per-round ratio lies within its interquartile range
+        # (printed to 3 and 2 decimals).
+        q1, q3 = (float(x) for x in row[7].split("-"))
+        assert q1 - 0.0051 <= ratio <= q3 + 0.0051, row
+        assert 0.0 < float(row[-2]) < 1.0  # About half the samples masked.
+        assert int(row[-1]) == 3  # Rounds in a quick run.
+        if backend == "jax":  # XLA's buffer sizes, and their ratio.
+            base_mb, as_mb = float(row[8]), float(row[9])
+            assert base_mb >= 0 and as_mb >= 0
+        else:
+            assert row[8:11] == ["-", "-", "-"]
