@@ -92,6 +92,15 @@ def _drop_in_place(probs, threshold):
         part.addcmul_(part, step.ceil_().clamp_(min=0.0), value=-1.0)
 
 
+def _losses_and_masked_positions(ctx, kept_sum, target_log_prob, masked):
+    """A forward pass's outputs: per-position losses `log(kept sum) -
+    log(p_t)`, 0 where masked, and the masked positions (no gradient)."""
+    losses = torch.where(masked, 0.0, kept_sum.log() - target_log_prob)
+    masked_positions = masked.squeeze(-1)
+    ctx.mark_non_differentiable(masked_positions)
+    return losses.squeeze(-1), masked_positions
+
+
 class _SparseASSoftmaxLoss(torch.autograd.Function):
     """The sparse AS-Softmax loss as one autograd node, for eager PyTorch.
 
@@ -124,10 +133,7 @@ class _SparseASSoftmaxLoss(torch.autograd.Function):
         masked = kept_sum == target_prob
         target_log_prob = _target_log_prob(target_index, logits, target_prob)
         ctx.save_for_backward(target_index, probs, kept_sum, masked)
-        losses = torch.where(masked, 0.0, kept_sum.log() - target_log_prob)
-        masked_positions = masked.squeeze(-1)
-        ctx.mark_non_differentiable(masked_positions)
-        return losses.squeeze(-1), masked_positions
+        return _losses_and_masked_positions(ctx, kept_sum, target_log_prob, masked)
 
     @staticmethod
     def backward(ctx, upstream, _):
@@ -171,10 +177,7 @@ class _CompiledSparseASSoftmaxLoss(torch.autograd.Function):
             kept_sum, masked,
         )
         target_log_prob = target_logit - row_max - log_sum
-        losses = torch.where(masked, 0.0, kept_sum.log() - target_log_prob)
-        masked_positions = masked.squeeze(-1)
-        ctx.mark_non_differentiable(masked_positions)
-        return losses.squeeze(-1), masked_positions
+        return _losses_and_masked_positions(ctx, kept_sum, target_log_prob, masked)
 
     @staticmethod
     def backward(ctx, upstream, _):
