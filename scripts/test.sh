@@ -3,7 +3,7 @@
 # The three backends run side by side, each in its own process with its own
 # log, printed when all are done: most of a run is single-threaded tracing
 # and compiling, so two cores keep three runs busy. On the project's 2-core
-# machine the whole run takes about 31 minutes, the time of the slowest
+# machine the whole run takes about 33 minutes, the time of the slowest
 # backend (PyTorch). TEST_SEQUENTIAL=1 runs them one after another.
 # Usage: bash scripts/test.sh [pytest args...]
 set -uo pipefail
