@@ -15,4 +15,21 @@ from keras_as_softmax.multilabel import multilabel_as_softmax_mask
 from keras_as_softmax.saving import load_model
 from keras_as_softmax.warmup import DeltaWarmup
 
+__all__ = [
+    "ASSoftmaxCrossentropy",
+    "AdaptiveModel",
+    "AdaptiveSequential",
+    "DeltaWarmup",
+    "MultiLabelASSoftmaxCrossentropy",
+    "SparseASSoftmaxCrossentropy",
+    "adaptive",
+    "as_softmax_crossentropy",
+    "as_softmax_mask",
+    "load_model",
+    "multilabel_as_softmax_crossentropy",
+    "multilabel_as_softmax_mask",
+    "sparse_as_softmax_crossentropy",
+    "sparse_as_softmax_mask",
+]
+
 __version__ = "0.1.0"

@@ -5,9 +5,16 @@
 # and compiling, so two cores keep three runs busy. On the project's 2-core
 # machine the whole run takes about 33 minutes, the time of the slowest
 # backend (PyTorch). TEST_SEQUENTIAL=1 runs them one after another.
-# Usage: bash scripts/test.sh [pytest args...]
+# --fast leaves out the tests marked slow (subprocess runs of the examples,
+# benchmarks and scripts, keras-hub models, long training): the unit tests of
+# every backend, for the edit-test loop.
+# Usage: bash scripts/test.sh [--fast] [pytest args...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == --fast ]]; then
+  shift
+  set -- -m "not slow" "$@"
+fi
 backends=(tensorflow jax torch)
 logs=$(mktemp -d)
 run() {

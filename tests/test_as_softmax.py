@@ -13,17 +13,13 @@ from keras_as_softmax import sparse_as_softmax_crossentropy
 from keras_as_softmax import sparse_as_softmax_mask
 from keras_as_softmax._keras_private import set_keras_mask
 from tests import reference
-from tests.backend_utils import value_and_grad
+from tests.helpers import to_numpy
+from tests.helpers import value_and_grad
 
 EXAMPLE_LOGITS = np.array(
     [[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3]], dtype="float32"
 )
 EXAMPLE_TARGETS = np.array([1, 2])
-
-
-def to_numpy(x):
-    # Through float32: TensorFlow cannot hand a bfloat16 scalar to NumPy.
-    return ops.convert_to_numpy(ops.cast(x, "float32")).astype(np.float64)
 
 
 def random_inputs(shape, scale, seed, ignore_class=None):

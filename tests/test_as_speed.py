@@ -10,8 +10,9 @@ from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import multilabel_as_softmax_mask
 from keras_as_softmax import sparse_as_softmax_mask
+from tests.helpers import BatchLogs
+from tests.helpers import JIT
 
-JIT = pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
 NUM_CLASSES = 4
 BATCH = 10
 
@@ -60,14 +61,6 @@ def frozen_logits_model(max_steps, accumulation_lambda=1.0):
         max_accumulation_steps=max_steps,
         accumulation_lambda=accumulation_lambda,
     )
-
-
-class BatchLogs(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.logs = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.logs.append({k: float(v) for k, v in logs.items()})
 
 
 def fit_scripted(masked_counts, max_steps, jit_compile, accumulation_lambda=1.0):

@@ -34,9 +34,9 @@ from keras_as_softmax import multilabel_as_softmax_crossentropy
 from keras_as_softmax import multilabel_as_softmax_mask
 from keras_as_softmax import sparse_as_softmax_crossentropy
 from keras_as_softmax import sparse_as_softmax_mask
-from tests.backend_utils import reset_compiled_functions
+from tests.helpers import JIT
+from tests.helpers import reset_compiled_functions
 
-JIT = pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
 NUM_CLASSES = 5
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((8, 6)).astype("float32")

@@ -37,7 +37,7 @@ def test_adaptive_overhead_quick():
 def test_as_speed_quick(tmp_path):
     pytest.importorskip("sklearn", reason="benchmarks need the [examples] extra")
     pytest.importorskip("matplotlib", reason="benchmarks need the [examples] extra")
-    from tests.test_examples import markdown_rows  # Needs the [examples] extra.
+    from tests.helpers import markdown_rows
 
     backend = keras.backend.backend()
     # Threshold 0: every epoch after the first counts, so the second table

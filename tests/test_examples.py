@@ -13,6 +13,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from tests.helpers import markdown_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -39,25 +40,6 @@ def run_example(script, tmp_path, *args, env_backend=BACKEND):
         cwd=tmp_path,
     )
     return result, plot
-
-
-def markdown_rows(output, first_header):
-    """The rows of the markdown table whose header starts with `first_header`,
-    as `{first cell: {column: cell}}`."""
-
-    def cells(line):
-        return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} "))
-    header = cells(lines[start])
-    rows = {}
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        row = cells(line)
-        rows[row[0]] = dict(zip(header[1:], row[1:]))
-    return rows
 
 
 def check_comparison(result, plot, methods, num_train, batch_size, epochs=2):

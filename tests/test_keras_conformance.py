@@ -14,7 +14,8 @@ from keras_as_softmax import ASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import sparse_as_softmax_crossentropy
 from tests import reference
-from tests.backend_utils import value_and_grad
+from tests.helpers import to_numpy
+from tests.helpers import value_and_grad
 
 BACKEND = keras.backend.backend()
 
@@ -26,10 +27,6 @@ PROBS = np.array(
 )
 LOGITS = np.array([[8.0, 1.0, 1.0], [0.0, 9.0, 1.0], [2.0, 3.0, 5.0]])
 SAMPLE_WEIGHT = np.array([[1.2], [3.4], [5.6]])
-
-
-def to_numpy(x):
-    return ops.convert_to_numpy(ops.cast(x, "float32")).astype(np.float64)
 
 
 def both_losses(from_logits, **kwargs):

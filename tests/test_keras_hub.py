@@ -21,7 +21,7 @@ from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import adaptive
 from tests import reference
-from tests.backend_utils import reset_compiled_functions
+from tests.helpers import reset_compiled_functions
 
 NUM_CLASSES = 3
 LENGTH = 8

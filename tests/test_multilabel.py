@@ -10,8 +10,8 @@ from keras_as_softmax import multilabel_as_softmax_crossentropy
 from keras_as_softmax import multilabel_as_softmax_mask
 from keras_as_softmax._keras_private import set_keras_mask
 from tests import reference
-from tests.backend_utils import value_and_grad
-from tests.test_as_softmax import to_numpy
+from tests.helpers import value_and_grad
+from tests.helpers import to_numpy
 
 EXAMPLE_LOGITS = np.array(
     [[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3], [2.5, 3.5, 0.4, 0.3]],

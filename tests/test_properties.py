@@ -29,8 +29,8 @@ from keras_as_softmax import sparse_as_softmax_crossentropy
 from keras_as_softmax import sparse_as_softmax_mask
 from keras_as_softmax._keras_private import set_keras_mask
 from tests import reference
-from tests.backend_utils import value_and_grad
-from tests.test_as_softmax import to_numpy
+from tests.helpers import value_and_grad
+from tests.helpers import to_numpy
 
 MAX_ELEMENTS = 20000
 # float16 overflows above 65504.

@@ -20,6 +20,7 @@ import pytest
 from keras_as_softmax import AdaptiveSequential
 from keras_as_softmax import DeltaWarmup
 from keras_as_softmax import SparseASSoftmaxCrossentropy
+from tests.helpers import CrashAt
 
 BACKEND = keras.backend.backend()
 MODES = ["no_jit", "jit"] + (["run_eagerly"] if BACKEND == "tensorflow" else [])
@@ -64,21 +65,6 @@ def make_model(mode, adaptive=False, keras_loss=False):
         run_eagerly=mode == "run_eagerly",
     )
     return model
-
-
-class CrashAt(keras.callbacks.Callback):
-    """Raises at the start of batch `batch` of epoch `epoch`."""
-
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.epoch, self.batch, self.current_epoch = epoch, batch, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current_epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if (self.current_epoch, batch) == (self.epoch, self.batch):
-            raise RuntimeError("interrupted")
 
 
 def fit(model, x, y, callbacks=()):

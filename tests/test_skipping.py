@@ -17,18 +17,11 @@ from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import sparse_as_softmax_mask
 from keras_as_softmax.skipping import needs_backward
 from tests import reference
-from tests.test_resume import CrashAt
+from tests.helpers import BatchLogs
+from tests.helpers import CrashAt
+from tests.helpers import JIT
 
-JIT = pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
 NUM_CLASSES = 4
-
-
-class BatchLogs(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.logs = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.logs.append({k: float(v) for k, v in logs.items()})
 
 
 def fit_both(build, compile_kwargs, x, y, sample_weight=None, epochs=2, batch_size=16):

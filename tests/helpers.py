@@ -1,0 +1,113 @@
+"""Helpers shared by the tests: per-backend gradients and compilation,
+conversions, callbacks and the parsing of the examples' tables."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+JIT = pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+
+
+def to_numpy(x):
+    """`x` as a float64 NumPy array, through float32: TensorFlow cannot hand
+    a bfloat16 scalar to NumPy."""
+    return ops.convert_to_numpy(ops.cast(x, "float32")).astype(np.float64)
+
+
+class BatchLogs(keras.callbacks.Callback):
+    """Records each training batch's logs as floats, in `self.logs`."""
+
+    def on_train_begin(self, logs=None):
+        self.logs = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append({k: float(v) for k, v in logs.items()})
+
+
+class CrashAt(keras.callbacks.Callback):
+    """Raises at the start of batch `batch` of epoch `epoch`."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.epoch, self.batch, self.current_epoch = epoch, batch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current_epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.current_epoch, batch) == (self.epoch, self.batch):
+            raise RuntimeError("interrupted")
+
+
+def markdown_rows(output, first_header):
+    """The rows of the markdown table whose header starts with `first_header`,
+    as `{first cell: {column: cell}}`."""
+
+    def cells(line):
+        return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} "))
+    header = cells(lines[start])
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        row = cells(line)
+        rows[row[0]] = dict(zip(header[1:], row[1:]))
+    return rows
+
+
+def value_and_grad(fn, x, jit=False):
+    """Value of scalar `fn(x)` and its gradient, as float64 NumPy arrays.
+
+    With `jit=True` the computation is compiled: `tf.function(jit_compile=True)`
+    on TensorFlow, `jax.jit` on JAX, `torch.compile` of the forward pass on PyTorch.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = fn(x)
+            return value, tape.gradient(value, x)
+
+        if jit:
+            step = tf.function(step, jit_compile=True)
+        value, grad = step(tf.constant(x))
+    elif backend == "jax":
+        import jax
+
+        step = jax.value_and_grad(fn)
+        if jit:
+            step = jax.jit(step)
+        value, grad = step(jax.numpy.asarray(x))
+    elif backend == "torch":
+        import torch
+
+        forward = torch.compile(fn) if jit else fn
+        x = keras.ops.convert_to_tensor(x).detach().clone().requires_grad_(True)
+        value = forward(x)
+        (grad,) = torch.autograd.grad(value, x)
+    else:
+        raise ValueError(f"Unsupported backend {backend}")
+    # Through float32: TensorFlow cannot hand a bfloat16 scalar to NumPy.
+    return tuple(
+        keras.ops.convert_to_numpy(keras.ops.cast(t, "float32")).astype(np.float64)
+        for t in (value, grad)
+    )
+
+
+def reset_compiled_functions():
+    """Forgets what `torch.compile` compiled, on PyTorch.
+
+    After 8 models' steps one code object exceeds dynamo's recompile limit
+    and then runs eagerly; a test of what compiled steps do starts afresh.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch._dynamo.reset()
