@@ -8,6 +8,12 @@ from keras_as_softmax.as_softmax import sparse_as_softmax_crossentropy
 from keras_as_softmax.as_softmax import sparse_as_softmax_mask
 from keras_as_softmax.as_speed import AdaptiveModel
 from keras_as_softmax.as_speed import AdaptiveSequential
+from keras_as_softmax.baselines import Entmax15Loss
+from keras_as_softmax.baselines import SparsemaxLoss
+from keras_as_softmax.baselines import TopKSoftmaxCrossentropy
+from keras_as_softmax.baselines import entmax15_loss
+from keras_as_softmax.baselines import sparsemax_loss
+from keras_as_softmax.baselines import top_k_softmax_crossentropy
 from keras_as_softmax.existing_models import adaptive
 from keras_as_softmax.multilabel import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax.multilabel import multilabel_as_softmax_crossentropy
@@ -20,16 +26,22 @@ __all__ = [
     "AdaptiveModel",
     "AdaptiveSequential",
     "DeltaWarmup",
+    "Entmax15Loss",
     "MultiLabelASSoftmaxCrossentropy",
     "SparseASSoftmaxCrossentropy",
+    "SparsemaxLoss",
+    "TopKSoftmaxCrossentropy",
     "adaptive",
     "as_softmax_crossentropy",
     "as_softmax_mask",
+    "entmax15_loss",
     "load_model",
     "multilabel_as_softmax_crossentropy",
     "multilabel_as_softmax_mask",
     "sparse_as_softmax_crossentropy",
     "sparse_as_softmax_mask",
+    "sparsemax_loss",
+    "top_k_softmax_crossentropy",
 ]
 
 __version__ = "0.1.0"

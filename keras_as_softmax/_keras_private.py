@@ -2,14 +2,22 @@
 
 Keras keeps tensor masks, loss reduction, its symbolic-build scope (in
 which tensors hold placeholder values), the (un)tracking of a layer's
-attributes, the serialized name of a class, the loss unscaling of `tf.distribute` (and TensorFlow's own test for
-merge calls) and parts of its trainers
-(the loss tracker, the JAX step's metric update and forward-pass losses)
-out of its public API. This package needs them, so a Keras upgrade that
-moves them breaks here and nowhere else.
+attributes, the serialized name of a class, the loss unscaling of
+`tf.distribute` (and TensorFlow's own test for merge calls), the layout of a
+`.keras` file, a `CallbackList`'s list of callbacks and parts of its trainers
+(the loss tracker, the JAX step's metric update and forward-pass losses, the
+cached step functions and their rebuilding) out of its public API. This
+package needs them, so a Keras upgrade that moves them breaks here and
+nowhere else.
+
+The trainers in `keras_as_softmax.backend` also override the trainers'
+`make_train_function`/`make_test_function` (not in Keras's API docs, but
+what `fit` calls) and, on JAX, set `train_function` as Keras's own does.
 """
 
 import contextlib
+import json
+import zipfile
 
 from keras.src.backend.common.masking import get_keras_mask
 from keras.src.backend.common.masking import set_keras_mask
@@ -80,6 +88,34 @@ def make_step_function(model, step_function):
     return model._make_function(step_function)
 
 
+def append_callback(callback_list, callback):
+    """Adds `callback` last to a `keras.callbacks.CallbackList`: it has no
+    public method for it, only its undocumented `callbacks` list."""
+    callback_list.callbacks.append(callback)
+
+
+def drop_step_functions(model):
+    """Makes the next `fit`/`evaluate` build their steps anew (e.g. after the
+    model's class changed): only `compile` does it publicly, and it would
+    reset the optimizer."""
+    model.train_function = None
+    model.test_function = None
+
+
+def rebuild_train_function(model):
+    """Retraces `model`'s training step now, e.g. from a callback's
+    `on_train_begin` (`fit` builds it before): `make_train_function(force=True)`
+    is not in Keras's API docs."""
+    model.make_train_function(force=True)
+
+
+def saved_compile_config(filepath):
+    """The `compile_config` saved in a `.keras` file, or None: Keras has no
+    public reader for it (it sits in the archive's `config.json`)."""
+    with zipfile.ZipFile(filepath) as archive:
+        return json.loads(archive.read("config.json")).get("compile_config")
+
+
 def strategy_supports_no_merge_call():
     """Whether the current `tf.distribute` strategy can update variables in
     replica context (TensorFlow's internal API, as Keras's own
@@ -90,12 +126,16 @@ def strategy_supports_no_merge_call():
 
 
 __all__ = [
+    "append_callback",
+    "drop_step_functions",
     "forward_losses",
     "get_keras_mask",
     "in_symbolic_scope",
     "loss_tracker",
     "make_step_function",
+    "rebuild_train_function",
     "reduce_weighted_values",
+    "saved_compile_config",
     "serialize_with_public_class",
     "set_keras_mask",
     "strategy_supports_no_merge_call",

@@ -14,6 +14,7 @@ gradients. The training step itself is backend-specific and lives in
 `keras_as_softmax.backend`; this module holds what the backends share.
 """
 
+import inspect
 import math
 import numbers
 
@@ -22,6 +23,7 @@ import numpy as np
 from keras import ops
 from keras import tree
 
+from keras_as_softmax._keras_private import append_callback
 from keras_as_softmax._keras_private import unlocked
 from keras_as_softmax._keras_private import untrack
 from keras_as_softmax.as_softmax import ASLoss
@@ -44,32 +46,49 @@ class AdaptiveModel(AdaptiveTrainer):
     Use it before `keras.Model` in the bases of a subclassed model, call it
     like `keras.Model` with `inputs` and `outputs` for a functional model,
     use `AdaptiveSequential`, or convert a model you already have (e.g. a
-    keras-hub task) with `keras_as_softmax.adaptive(model)`. Compile it with one AS-Softmax loss. `fit` then
-    logs `masked_ratio` (the fraction of counted samples that the loss
-    masks), `accumulation_steps` (the current window) and
-    `optimizer_updates`; a window still open when `fit`'s last epoch ends is
-    applied. `evaluate` and `predict` are unchanged (evaluation logs
-    `masked_ratio` too).
+    keras-hub task) with `keras_as_softmax.adaptive(model)`. Compile it with
+    one AS-Softmax loss. `fit` then logs `masked_ratio` (the fraction of
+    counted samples that the loss masks), `accumulation_steps` (the current
+    window) and `optimizer_updates`; a window still open when `fit`'s last
+    epoch ends is applied. `evaluate` and `predict` are unchanged
+    (evaluation logs `masked_ratio` too).
 
     Args:
         max_accumulation_steps: The largest window, an integer >= 1
             (1 turns accumulation off).
         accumulation_lambda: `lambda >= 0` in the window rule; with 1 the
             window becomes 2 once a third of a batch is masked.
+        skip_masked: Whether a training step runs its backward pass on the
+            samples that the loss leaves a gradient only (see
+            `keras_as_softmax.skipping`); one device only.
         *args, **kwargs: Passed on to `keras.Model`.
 
     Example:
 
+    >>> from keras_as_softmax import AdaptiveModel, SparseASSoftmaxCrossentropy
     >>> class Classifier(AdaptiveModel, keras.Model):
     ...     def __init__(self, **kwargs):
     ...         super().__init__(**kwargs)
-    ...         self.dense = keras.layers.Dense(10)
+    ...         self.dense = keras.layers.Dense(3)
     ...     def call(self, x):
     ...         return self.dense(x)
-    >>> model = Classifier(max_accumulation_steps=2)
-    >>> model.compile(optimizer="adam", loss=SparseASSoftmaxCrossentropy())
+    >>> # With lambda 2 every window holds 2 batches, masked or not.
+    >>> model = Classifier(max_accumulation_steps=2, accumulation_lambda=2.0)
+    >>> model.compile(optimizer="sgd", loss=SparseASSoftmaxCrossentropy())
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.standard_normal((32, 4)), rng.integers(0, 3, 32)
+    >>> logs = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    >>> int(logs["accumulation_steps"][-1]), int(logs["optimizer_updates"][-1])
+    (2, 2)
+    >>> 0 <= logs["masked_ratio"][-1] <= 1
+    True
 
-    or `AdaptiveModel(inputs, outputs, max_accumulation_steps=2)`.
+    A functional model: `AdaptiveModel(inputs, outputs)`.
+
+    >>> inputs = keras.Input((4,))
+    >>> model = AdaptiveModel(inputs, keras.layers.Dense(3)(inputs))
+    >>> type(model).__name__, model.max_accumulation_steps
+    ('AdaptiveFunctional', 2)
     """
 
     def __init_subclass__(cls, **kwargs):
@@ -138,7 +157,19 @@ class AdaptiveModel(AdaptiveTrainer):
         self.configure_skipping(skip_masked)
 
     def configure_skipping(self, skip_masked):
-        """Turns skipping masked samples on or off (before `fit`)."""
+        """Turns skipping masked samples on or off (before `fit`).
+
+        Args:
+            skip_masked: True or False, as `AdaptiveModel`'s argument.
+
+        Example:
+
+        >>> from keras_as_softmax import AdaptiveSequential
+        >>> model = AdaptiveSequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> model.configure_skipping(True)
+        >>> model.skip_masked, model.as_speed_config()["skip_masked"]
+        (True, True)
+        """
         if not isinstance(skip_masked, (bool, np.bool_)):
             raise TypeError(
                 f"`skip_masked` must be True or False; received {skip_masked!r}."
@@ -159,7 +190,15 @@ class AdaptiveModel(AdaptiveTrainer):
         return self.gradient_accumulator.accumulation_lambda
 
     def as_speed_config(self):
-        """The AS-Speed settings, as `get_config` adds them to the model's."""
+        """The AS-Speed settings, as `get_config` adds them to the model's.
+
+        Example:
+
+        >>> from keras_as_softmax import AdaptiveSequential
+        >>> model = AdaptiveSequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> model.as_speed_config()
+        {'max_accumulation_steps': 2, 'accumulation_lambda': 1.0, 'skip_masked': False}
+        """
         return {
             "max_accumulation_steps": self.max_accumulation_steps,
             "accumulation_lambda": self.accumulation_lambda,
@@ -320,11 +359,19 @@ class AdaptiveModel(AdaptiveTrainer):
             self.gradient_accumulator.updates.assign(
                 int(self.optimizer.iterations.numpy())
             )
-        if len(args) > 5:  # `callbacks` given by position.
-            args = (*args[:5], _with_window_flush(args[5]), *args[6:])
-        else:
-            kwargs["callbacks"] = _with_window_flush(kwargs.get("callbacks"))
-        return super().fit(*args, **kwargs)
+        fit = super().fit
+        signature = inspect.signature(fit)
+        if "callbacks" in signature.parameters:
+            # `callbacks` may come by position: where, the signature says
+            # (a keras-hub task's `fit` has other positional arguments).
+            bound = signature.bind(*args, **kwargs)
+            bound.arguments["callbacks"] = _with_window_flush(
+                bound.arguments.get("callbacks"), self
+            )
+            args, kwargs = bound.args, bound.kwargs
+        else:  # Only in `**kwargs`.
+            kwargs["callbacks"] = _with_window_flush(kwargs.get("callbacks"), self)
+        return fit(*args, **kwargs)
 
     def apply_accumulated_gradients(self):
         """Applies the open window's mean gradient now, if it holds any.
@@ -332,6 +379,23 @@ class AdaptiveModel(AdaptiveTrainer):
         `fit` does this when its last epoch ends (or a callback stops it), so
         no gradient is left unapplied; a custom loop of `train_on_batch`
         calls should do it at its end.
+
+        Example:
+
+        >>> from keras_as_softmax import AdaptiveSequential
+        >>> from keras_as_softmax import SparseASSoftmaxCrossentropy
+        >>> model = AdaptiveSequential([keras.Input((4,)), keras.layers.Dense(3)],
+        ...                            accumulation_lambda=2.0)  # Windows of 2.
+        >>> model.compile(optimizer="sgd", loss=SparseASSoftmaxCrossentropy())
+        >>> rng = np.random.default_rng(0)
+        >>> for _ in range(3):
+        ...     _ = model.train_on_batch(rng.standard_normal((8, 4)),
+        ...                              rng.integers(0, 3, 8))
+        >>> int(model.optimizer.iterations.numpy())  # The third batch waits.
+        1
+        >>> model.apply_accumulated_gradients()
+        >>> int(model.optimizer.iterations.numpy())
+        2
         """
         accumulator = self.gradient_accumulator
         if not accumulator.built or int(accumulator.micro_step.numpy()) == 0:
@@ -382,16 +446,29 @@ class _ApplyOpenWindow(keras.callbacks.Callback):
                 )
 
 
-def _with_window_flush(callbacks):
+def _with_window_flush(callbacks, model):
+    flush = _ApplyOpenWindow()
     if isinstance(callbacks, keras.callbacks.CallbackList):
-        callbacks.callbacks.append(_ApplyOpenWindow())
+        # `fit` uses a `CallbackList` as it is: give the flush the model and
+        # the parameters that the list's own callbacks got when it was made.
+        flush.set_model(model)
+        flush.set_params(callbacks.params)
+        append_callback(callbacks, flush)
         return callbacks
-    return [*(callbacks or []), _ApplyOpenWindow()]
+    return [*(callbacks or []), flush]
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
 class AdaptiveFunctional(AdaptiveModel, keras.Model):
-    """What `AdaptiveModel(inputs, outputs)` builds: a functional model."""
+    """What `AdaptiveModel(inputs, outputs)` builds: a functional model.
+
+    Example:
+
+    >>> inputs = keras.Input((4,))
+    >>> model = AdaptiveModel(inputs, keras.layers.Dense(3)(inputs))
+    >>> isinstance(model, AdaptiveFunctional), isinstance(model, AdaptiveModel)
+    (True, True)
+    """
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
@@ -400,13 +477,23 @@ class AdaptiveSequential(AdaptiveModel, keras.Sequential):
 
     Args:
         layers, trainable, name: As in `keras.Sequential`.
-        max_accumulation_steps, accumulation_lambda: As in `AdaptiveModel`.
+        max_accumulation_steps, accumulation_lambda, skip_masked: As in
+            `AdaptiveModel`.
 
     Example:
 
-    >>> model = AdaptiveSequential(
-    ...     [keras.Input((16,)), keras.layers.Dense(10)],
-    ...     max_accumulation_steps=2)
+    >>> from keras_as_softmax import AdaptiveSequential
+    >>> from keras_as_softmax import SparseASSoftmaxCrossentropy
+    >>> model = AdaptiveSequential([keras.Input((4,)), keras.layers.Dense(3)],
+    ...                            max_accumulation_steps=1)  # No accumulation.
+    >>> model.compile(optimizer="adam", loss=SparseASSoftmaxCrossentropy())
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.standard_normal((32, 4)), rng.integers(0, 3, 32)
+    >>> logs = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history
+    >>> [int(updates) for updates in logs["optimizer_updates"]]  # 4 batches an epoch.
+    [4, 8]
+    >>> sorted(logs)
+    ['accumulation_steps', 'loss', 'masked_ratio', 'optimizer_updates']
     """
 
     @classmethod
@@ -441,6 +528,14 @@ class GradientAccumulator(keras.metrics.Metric):
         max_accumulation_steps: The largest window, an integer >= 1.
         accumulation_lambda: `lambda >= 0` in the window rule.
         name: Name of the metric.
+
+    Example:
+
+    >>> from keras_as_softmax import AdaptiveSequential
+    >>> model = AdaptiveSequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> accumulator = model.gradient_accumulator
+    >>> type(accumulator).__name__, int(accumulator.window.numpy())
+    ('GradientAccumulator', 1)
     """
 
     def __init__(
@@ -466,7 +561,16 @@ class GradientAccumulator(keras.metrics.Metric):
         self.built = False
 
     def configure(self, max_accumulation_steps, accumulation_lambda):
-        """Checks and sets the window rule's settings."""
+        """Checks and sets the window rule's settings.
+
+        Example:
+
+        >>> from keras_as_softmax import AdaptiveSequential
+        >>> model = AdaptiveSequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> model.gradient_accumulator.configure(4, accumulation_lambda=0.5)
+        >>> model.max_accumulation_steps, model.accumulation_lambda
+        (4, 0.5)
+        """
         if (
             isinstance(max_accumulation_steps, bool)
             or not isinstance(max_accumulation_steps, numbers.Integral)
@@ -558,6 +662,14 @@ class GradientAccumulator(keras.metrics.Metric):
         Returns:
             `(window, is_update)`: the window this batch belongs to, and
             whether this batch closes it.
+
+        Example:
+
+        >>> accumulator = GradientAccumulator(max_accumulation_steps=4)
+        >>> # A window's first batch, 4 of its 8 samples masked:
+        >>> window, is_update = accumulator.next_window(1, 0, 4, 8)
+        >>> int(window), bool(is_update)
+        (2, False)
         """
         counted = ops.cast(num_counted, "float32")
         unmasked = counted - ops.cast(num_masked, "float32")

@@ -10,6 +10,7 @@ class plus the AS-Speed settings, and loads back as the same conversion.
 
 import keras
 
+from keras_as_softmax._keras_private import drop_step_functions
 from keras_as_softmax._keras_private import serialize_with_public_class
 from keras_as_softmax._keras_private import unlocked
 from keras_as_softmax.as_speed import AdaptiveModel
@@ -36,11 +37,18 @@ def adaptive(model, max_accumulation_steps=2, accumulation_lambda=1.0, skip_mask
 
     Example:
 
+    >>> from keras_as_softmax import AdaptiveModel, SparseASSoftmaxCrossentropy
+    >>> from keras_as_softmax import adaptive
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    >>> model = adaptive(model, max_accumulation_steps=2)
+    >>> model = adaptive(model, max_accumulation_steps=2, accumulation_lambda=2.0)
+    >>> type(model).__name__, isinstance(model, AdaptiveModel)
+    ('SequentialWithASSpeed', True)
     >>> model.compile(optimizer="sgd", loss=SparseASSoftmaxCrossentropy())
-    >>> isinstance(model, AdaptiveModel), model.max_accumulation_steps
-    (True, 2)
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.standard_normal((32, 4)), rng.integers(0, 3, 32)
+    >>> logs = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    >>> int(logs["optimizer_updates"][-1])  # 4 batches, windows of 2.
+    2
     """
     if not isinstance(model, keras.Model):
         raise TypeError(
@@ -63,8 +71,7 @@ def adaptive(model, max_accumulation_steps=2, accumulation_lambda=1.0, skip_mask
         model.__class__ = model_class
         raise
     # Steps compiled before the conversion would train without AS-Speed.
-    model.train_function = None
-    model.test_function = None
+    drop_step_functions(model)
     return model
 
 
@@ -78,6 +85,16 @@ class AdaptiveModelOf(AdaptiveModel):
     Its config holds the model's own serialized config under `"model"` and
     the AS-Speed settings; `from_config` rebuilds the model from it and
     calls `adaptive` again.
+
+    Example:
+
+    >>> from keras_as_softmax import adaptive
+    >>> model = adaptive(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))
+    >>> isinstance(model, AdaptiveModelOf), model.model_class.__name__
+    (True, 'Sequential')
+    >>> copy = AdaptiveModelOf.from_config(model.get_config())
+    >>> type(copy).__name__, copy.max_accumulation_steps
+    ('SequentialWithASSpeed', 2)
     """
 
     model_class = None

@@ -33,7 +33,15 @@ SELECTION_THRESHOLD = 0.5
 
 
 def ladder(batch_size):
-    """The sub-batch sizes, largest first: `ceil(B / 2**k)`, k = 0..5."""
+    """The sub-batch sizes, largest first: `ceil(B / 2**k)`, k = 0..5.
+
+    Example:
+
+    >>> ladder(64)
+    [64, 32, 16, 8, 4, 2]
+    >>> ladder(10)
+    [10, 5, 3, 2, 1, 1]
+    """
     return [(batch_size + 2**k - 1) // 2**k for k in range(LADDER_DEPTH + 1)]
 
 
@@ -46,6 +54,13 @@ def needs_backward(masked, counted):
 
     Returns:
         A boolean `(B,)` tensor.
+
+    Example:
+
+    >>> masked = np.array([[True, True], [True, False], [False, False]])
+    >>> counted = np.array([[True, True], [True, True], [False, False]])
+    >>> keras.ops.convert_to_numpy(needs_backward(masked, counted)).tolist()
+    [False, True, False]
     """
     needs = ops.logical_and(counted, ops.logical_not(masked))
     if len(needs.shape) > 1:
@@ -54,7 +69,13 @@ def needs_backward(masked, counted):
 
 
 def use_selection(num_needed, batch_size):
-    """Whether the selection pass is worth running, from the last batch."""
+    """Whether the selection pass is worth running, from the last batch.
+
+    Example:
+
+    >>> bool(use_selection(2, 8)), bool(use_selection(6, 8))
+    (True, False)
+    """
     return ops.less_equal(
         ops.cast(num_needed, "float32"),
         SELECTION_THRESHOLD * ops.cast(batch_size, "float32"),
@@ -75,6 +96,14 @@ class SubBatch:
             `LADDER_DEPTH + 1` when none does.
         rows: The batch's row indices, those that need a backward pass
             first (in batch order), then the others.
+
+    Example:
+
+    >>> sub_batch = SubBatch(np.array([False, True, False, True]), np.zeros((4, 3)))
+    >>> int(sub_batch.branch), ladder(4)[int(sub_batch.branch)]
+    (1, 2)
+    >>> keras.ops.convert_to_numpy(sub_batch.rows).tolist()
+    [1, 3, 0, 2]
     """
 
     def __init__(self, needs, selection_pred):
@@ -130,6 +159,12 @@ class TrainingPass:
 
     Attributes:
         backward_rows: How many rows it sends backward.
+
+    Example:
+
+    >>> sub_batch = SubBatch(np.array([False, True, False, True]), np.zeros((4, 3)))
+    >>> TrainingPass(4).backward_rows, TrainingPass(4, sub_batch, 2).backward_rows
+    (4, 2)
     """
 
     def __init__(self, batch_size, sub_batch=None, size=None):
@@ -162,7 +197,13 @@ def _with_mask_of(source, tensor):
 def run_branch(index, branches):
     """`branches[index]()`: in Python where the backend branches in Python
     (PyTorch, eager steps: an untraced JAX `lax.switch` would compile every
-    branch at every call), else with `ops.switch`."""
+    branch at every call), else with `ops.switch`.
+
+    Example:
+
+    >>> run_branch(keras.ops.convert_to_tensor(1), [lambda: "a", lambda: "b"])
+    'b'
+    """
     value = backend.branch_value(index)
     if value is not None:
         return branches[int(value)]()
@@ -171,7 +212,14 @@ def run_branch(index, branches):
 
 def run_cond(condition, true_fn, false_fn, operands=()):
     """`true_fn(*operands)` if `condition` else `false_fn(*operands)`: with
-    `ops.cond`, or a Python `if` where the backend branches in Python."""
+    `ops.cond`, or a Python `if` where the backend branches in Python.
+
+    Example:
+
+    >>> run_cond(keras.ops.convert_to_tensor(False), lambda x: x + 1,
+    ...          lambda x: x - 1, (10,))
+    9
+    """
     value = backend.branch_value(condition)
     if value is not None:
         return true_fn(*operands) if value else false_fn(*operands)

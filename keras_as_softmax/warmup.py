@@ -19,6 +19,7 @@ import numpy as np
 from keras import ops
 from keras import tree
 
+from keras_as_softmax._keras_private import rebuild_train_function
 from keras_as_softmax._keras_private import unlocked
 from keras_as_softmax._keras_private import untrack
 from keras_as_softmax.as_softmax import ASLoss
@@ -44,9 +45,18 @@ class DeltaWarmup(keras.callbacks.Callback):
 
     Example:
 
+    >>> from keras_as_softmax import DeltaWarmup, SparseASSoftmaxCrossentropy
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     >>> model.compile(optimizer="adam", loss=SparseASSoftmaxCrossentropy(0.1))
-    >>> model.fit(x, y, epochs=10,
-    ...           callbacks=[DeltaWarmup(initial_delta=1.0, warmup_fraction=0.3)])
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.standard_normal((32, 4)), rng.integers(0, 3, 32)
+    >>> warmup = DeltaWarmup(initial_delta=1.0, warmup_steps=4)
+    >>> history = model.fit(x, y, batch_size=16, epochs=3, verbose=0,
+    ...                     callbacks=[warmup])
+    >>> [round(delta, 3) for delta in history.history["as_softmax_delta"]]
+    [0.775, 0.325, 0.1]
+    >>> model.loss.delta  # The loss's own delta again after `fit`.
+    0.1
     """
 
     def __init__(self, initial_delta=1.0, warmup_steps=None, warmup_fraction=None):
@@ -133,7 +143,7 @@ class DeltaWarmup(keras.callbacks.Callback):
             self._trackers[loss] = tracker
         # A training function traced before (e.g. by an earlier `fit`) holds
         # the delta it saw then: trace anew.
-        model.make_train_function(force=True)
+        rebuild_train_function(model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -162,7 +172,7 @@ class DeltaWarmup(keras.callbacks.Callback):
             delattr(model, f"_{tracker.name}_tracker")
         self._trackers = {}
         self._progress = None
-        model.make_train_function(force=True)
+        rebuild_train_function(model)
 
     def _resolve_warmup_steps(self):
         if self.warmup_steps is not None:

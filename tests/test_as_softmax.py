@@ -538,3 +538,61 @@ def test_loss_and_mask_helper_agree_at_borderline_deltas():
             assert int(num_masked) == int(helper_masked)
             total_masked += int(num_masked)
     assert total_masked > 0
+
+
+def kernel_inputs(rng, num_classes, ties, dtype):
+    """Logits `(400, C)` and class ids: confident rows as `random_inputs`
+    makes them, or (`ties`) half-integer logits with many ties, and deltas
+    for them; with ties, some deltas are some row's `p_t - p_i` exactly, as
+    the softmax computes it in `dtype`."""
+    if not ties:
+        targets, logits = random_inputs((400, num_classes), 3.0, seed=num_classes)
+        return logits, targets, (0.0, 0.05, 0.1, 0.5, 1.0)
+    logits = (rng.integers(-4, 5, size=(400, num_classes)) * 0.5).astype("float32")
+    targets = rng.integers(0, num_classes, size=400)
+    p = ops.convert_to_numpy(ops.softmax(ops.cast(logits, dtype)))
+    rows = np.arange(400)
+    gaps = p[rows, targets] - p[rows, rng.integers(0, num_classes, size=400)]
+    gaps = gaps[gaps > 0]
+    return logits, targets, (0.0, 0.1, 1.0, float(gaps[0]), float(np.median(gaps)))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's kernels")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+def test_torch_kernels_equal_the_keras_ops_core(kernel, dtype):
+    # The kernels differ from the `keras.ops` core for speed only: the same
+    # losses, masked flags and gradients. The eager kernel takes the core's
+    # `torch.softmax`, so it agrees at borderline deltas too; the compiled
+    # one's exponentials are Inductor's, so only away from them.
+    import torch
+
+    from keras_as_softmax.as_softmax import _logit_losses
+    from keras_as_softmax.backend import torch as torch_backend
+
+    function = {
+        "eager": torch_backend._SparseASSoftmaxLoss,
+        "compiled": torch_backend._CompiledSparseASSoftmaxLoss,
+    }[kernel]
+    rng = np.random.default_rng(0)
+    weights = torch.tensor(rng.random(400), dtype=getattr(torch, dtype))
+    total_masked = 0
+    for num_classes in (3, 17, 1000):
+        for ties in (False, True) if kernel == "eager" else (False,):
+            z, y, deltas = kernel_inputs(rng, num_classes, ties, dtype)
+            target_index = torch.tensor(y[:, None], dtype=torch.int32)
+            for delta in deltas:
+                results = []
+                for loss_fn in (function.apply, _logit_losses):
+                    logits = torch.tensor(z, dtype=getattr(torch, dtype),
+                                          requires_grad=True)
+                    losses, masked = loss_fn(target_index, logits, delta)
+                    (losses * weights).sum().backward()
+                    results.append((losses.detach().numpy(), masked.numpy(),
+                                    logits.grad.numpy()))
+                (losses, masked, grad), (core_losses, core_masked, core_grad) = results
+                np.testing.assert_array_equal(masked, core_masked)
+                np.testing.assert_allclose(losses, core_losses, rtol=1e-6, atol=1e-5)
+                np.testing.assert_allclose(grad, core_grad, rtol=1e-6, atol=1e-6)
+                total_masked += int(masked.sum())
+    assert total_masked > 0

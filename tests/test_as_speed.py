@@ -8,8 +8,7 @@ from keras_as_softmax import AdaptiveModel
 from keras_as_softmax import AdaptiveSequential
 from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
-from keras_as_softmax import multilabel_as_softmax_mask
-from keras_as_softmax import sparse_as_softmax_mask
+from tests import reference
 from tests.helpers import BatchLogs
 from tests.helpers import JIT
 
@@ -233,13 +232,15 @@ def test_every_route_trains_and_logs(route, jit_compile):
     assert history["accumulation_steps"][-1] == 2  # Most samples are masked.
     updates = int(model.optimizer.iterations.numpy())
     assert history["optimizer_updates"][-1] == updates < 15 * 8
-    # `evaluate` reports the masked ratio that the mask helper gives.
+    # `evaluate` reports the masked ratio of the float64 reference: the
+    # samples whose every class but the target is dropped.
     logits = model.predict(x, verbose=0)
-    _, num_masked, num_counted = sparse_as_softmax_mask(y, logits, delta=0.2)
+    _, _, keep, num_ties = reference.sparse_as_softmax(y, logits, delta=0.2)
+    assert num_ties == 0
+    masked = keep.sum(-1) == 1
+    assert 0 < masked.sum() < len(y)
     evaluation = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
-    np.testing.assert_allclose(
-        evaluation["masked_ratio"], int(num_masked) / int(num_counted), atol=1e-6
-    )
+    np.testing.assert_allclose(evaluation["masked_ratio"], masked.mean(), atol=1e-6)
 
 
 @JIT
@@ -262,13 +263,17 @@ def test_tokens_with_ignore_class_and_sample_weights(jit_compile):
         x, y, sample_weight=weights, batch_size=64, verbose=0, return_dict=True
     )
     logits = model.predict(x, verbose=0)
-    _, num_masked, num_counted = sparse_as_softmax_mask(
-        y, logits, delta=0.3, ignore_class=-1, sample_weight=weights
+    _, _, keep, num_ties = reference.sparse_as_softmax(
+        y, logits, delta=0.3, ignore_class=-1
     )
+    assert num_ties == 0
     # Padding and weight-0 samples are left out of the count.
-    assert int(num_counted) == 48 * 3
+    counted = (y != -1) & (weights[:, None] != 0)
+    assert counted.sum() == 48 * 3
+    masked = (keep.sum(-1) == 1) & counted
+    assert 0 < masked.sum() < counted.sum()
     np.testing.assert_allclose(
-        evaluation["masked_ratio"], int(num_masked) / int(num_counted), atol=1e-6
+        evaluation["masked_ratio"], masked.sum() / counted.sum(), atol=1e-6
     )
 
 
@@ -287,12 +292,13 @@ def test_multilabel_loss(jit_compile):
     assert history["loss"][-1] < 0.5 * history["loss"][0]
     assert history["masked_ratio"][-1] > 0
     evaluation = model.evaluate(x, y, batch_size=128, verbose=0, return_dict=True)
-    _, num_masked, num_counted = multilabel_as_softmax_mask(
+    _, _, keep, num_ties = reference.multilabel_as_softmax(
         y, model.predict(x, verbose=0), delta=0.2
     )
-    np.testing.assert_allclose(
-        evaluation["masked_ratio"], int(num_masked) / int(num_counted), atol=1e-6
-    )
+    assert num_ties == 0
+    masked = ~keep.any(-1)
+    assert 0 < masked.sum() < len(y)
+    np.testing.assert_allclose(evaluation["masked_ratio"], masked.mean(), atol=1e-6)
 
 
 def open_window_model(jit_compile):

@@ -67,6 +67,7 @@ def compile_and_fit(model, jit_compile, epochs=2):
     return model.fit(X, Y, batch_size=8, epochs=epochs, shuffle=False, verbose=0).history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "route, jit_compile",
     # The conversion changes no step: one compiled route is enough (and
@@ -92,6 +93,7 @@ def test_converted_model_trains_as_an_adaptive_model(route, jit_compile):
         np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("route", ROUTES)
 def test_converted_model_saves_and_loads_as_converted(route, tmp_path):
     make, _ = ROUTES[route]

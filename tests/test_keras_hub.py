@@ -23,6 +23,8 @@ from keras_as_softmax import adaptive
 from tests import reference
 from tests.helpers import reset_compiled_functions
 
+pytestmark = pytest.mark.slow
+
 NUM_CLASSES = 3
 LENGTH = 8
 WORDS = [f"w{i}" for i in range(20)]

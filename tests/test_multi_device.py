@@ -8,6 +8,8 @@ import sys
 import keras
 import pytest
 
+pytestmark = pytest.mark.slow
+
 BACKEND = keras.backend.backend()
 # TensorFlow runs without XLA here: under MirroredStrategy on CPU devices,
 # `jit_compile=True` fails for a plain Keras model too (XLA cannot reach a

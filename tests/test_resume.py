@@ -88,6 +88,7 @@ def assert_same_weights(model, reference):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "adaptive, with_warmup, mode",
     [(False, True, mode) for mode in MODES[:2]] + [(True, False, mode) for mode in MODES],
@@ -186,6 +187,7 @@ def test_batch_backup_holds_the_exact_mid_window_state(mode, tmp_path):
     assert any(np.abs(g.numpy()).max() > 0 for g in accumulator.gradients)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,

@@ -160,6 +160,7 @@ def saved_on_another_backend(request, tmp_path_factory):
     return request.param, out, expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(saving_check.MODELS))
 def test_model_saved_on_another_backend_loads(saved_on_another_backend, name):
     _, out, expected = saved_on_another_backend
@@ -185,6 +186,7 @@ def test_model_saved_on_another_backend_loads(saved_on_another_backend, name):
             np.testing.assert_array_equal(total.numpy(), np.asarray(saved, "float32"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(saving_check.MODELS))
 def test_model_saved_on_another_backend_trains_on(saved_on_another_backend, name, request):
     source, out, expected = saved_on_another_backend

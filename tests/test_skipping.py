@@ -75,6 +75,7 @@ def classification_data(num_samples=208, seed=1):
     return x, y
 
 
+@pytest.mark.slow
 @JIT
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_same_weights_with_weights_regulariser_and_partial_window(optimizer, jit_compile):
@@ -101,6 +102,7 @@ def test_same_weights_with_weights_regulariser_and_partial_window(optimizer, jit
     assert min(log["sub_batch_size"] for log in logs) < 16
 
 
+@pytest.mark.slow
 @JIT
 def test_sequences_with_ignore_class_and_per_sample_weights(jit_compile):
     rng = np.random.default_rng(3)
@@ -136,6 +138,7 @@ def test_sequences_with_ignore_class_and_per_sample_weights(jit_compile):
     assert min(log["backward_fraction"] for log in logs) < 1.0
 
 
+@pytest.mark.slow
 @JIT
 def test_multilabel_samples(jit_compile):
     rng = np.random.default_rng(4)
@@ -202,6 +205,7 @@ def scripted_batches(needed_counts, seed=0):
     return x, y
 
 
+@pytest.mark.slow
 @JIT
 def test_every_ladder_size_and_a_batch_with_nothing_to_learn(jit_compile):
     x, y = scripted_batches(NEEDED)
@@ -241,6 +245,7 @@ def test_every_ladder_size_and_a_batch_with_nothing_to_learn(jit_compile):
     )
 
 
+@pytest.mark.slow
 @JIT
 def test_no_backward_leaves_batch_norm_statistics_alone(jit_compile):
     # Every sample is masked from the start: the selection pass runs in
@@ -284,6 +289,7 @@ def test_settings_are_saved_and_checked(tmp_path):
         dense_classifier(skip="yes")
 
 
+@pytest.mark.slow
 @JIT
 def test_resume_inside_a_window(jit_compile, tmp_path):
     x, y = classification_data(64)

@@ -30,6 +30,7 @@ def classifier(seed=0):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("one_hot", [False, True], ids=["sparse", "one_hot"])
 def test_fit_learns(jit_compile, one_hot):
@@ -76,6 +77,7 @@ def token_data(num_samples=64, length=12, vocabulary=30, seed=0):
     return tokens.astype("int32"), targets.astype("int32"), ~padding
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
 def test_token_model_with_keras_mask_and_ignore_class(jit_compile):
     tokens, targets, valid = token_data()

@@ -15,7 +15,13 @@ from keras_as_softmax.skipping import SubBatch
 
 
 def known_values(x):
-    """`x` as a NumPy array if its values are known now, else None (traced)."""
+    """`x` as a NumPy array if its values are known now, else None (traced).
+
+    Example:
+
+    >>> known_values(keras.ops.convert_to_tensor([1, 2])).tolist()
+    [1, 2]
+    """
     if isinstance(x, jax.core.Tracer):
         return None
     return np.asarray(x)
@@ -47,10 +53,10 @@ class AdaptiveTrainer:
 
     With `skip_masked` and `jit_compile`, the pass is chosen on the host
     instead, between jitted functions (a selection pass, and one step per
-    pass of the ladder, each compiled when first used): XLA on CPU runs a
-    convolution network's forward and backward pass about 4.5 times slower
-    inside a branch of `lax.cond` or `lax.switch` than outside (measured,
-    JAX 0.10). That costs one host synchronisation per step.
+    pass of the ladder, each compiled when first used): XLA on CPU can run a
+    network's forward and backward pass much slower inside a branch of
+    `lax.cond` or `lax.switch` than outside (see the README). That costs one
+    host synchronisation per step.
     """
 
     def make_train_function(self, force=False):

@@ -12,7 +12,13 @@ from keras_as_softmax._keras_private import unscale_loss_for_distribution
 
 
 def known_values(x):
-    """`x` as a NumPy array if its values are known now, else None (in a graph)."""
+    """`x` as a NumPy array if its values are known now, else None (in a graph).
+
+    Example:
+
+    >>> known_values(keras.ops.convert_to_tensor([1, 2])).tolist()
+    [1, 2]
+    """
     if tf.is_symbolic_tensor(x):
         return None
     return np.asarray(x)

@@ -14,6 +14,11 @@ def known_values(x):
 
     Under `torch.compile` reading values would break the graph, so they count
     as unknown.
+
+    Example:
+
+    >>> known_values(keras.ops.convert_to_tensor([1, 2])).tolist()
+    [1, 2]
     """
     if torch.compiler.is_compiling():
         return None
@@ -21,10 +26,21 @@ def known_values(x):
 
 
 def sum_across_replicas(x):
-    """`x` summed over replicas: Keras's torch trainer runs on one device."""
+    """`x` summed over replicas: Keras's torch trainer runs on one device.
+
+    Example:
+
+    >>> int(sum_across_replicas(keras.ops.convert_to_tensor(3)))
+    3
+    """
     return x
 
 
+# The sparse AS-Softmax loss from logits, as the `keras.ops` core
+# (`keras_as_softmax.as_softmax._single_label_core`) computes it, in kernels
+# of its own for speed only: eager PyTorch runs one kernel, and allocates one
+# buffer, per operation, where Keras's own sparse cross-entropy is a single
+# `cross_entropy` (tests/test_as_softmax.py checks that they agree).
 
 # Where a target's probability is below this, its log is taken from a
 # log-sum-exp instead of the probability, which may have lost precision.
@@ -50,7 +66,7 @@ def _target_log_prob(target_index, logits, target_prob):
     """`log(p_t)`, from the probability where it is large enough, else
     exactly, `z_t - logsumexp(z)` (a host check on the CPU)."""
     if logits.device.type == "cpu":
-        if not bool((target_prob < _SMALLEST_LOGGED_PROB).any()):
+        if not target_prob.amin().item() < _SMALLEST_LOGGED_PROB:
             return target_prob.log()
     exact = logits.gather(-1, target_index) - torch.logsumexp(
         logits, -1, keepdim=True
@@ -72,8 +88,7 @@ def _drop_in_place(probs, threshold):
     `p`. Beyond `_DROP_CHUNK` elements the step goes through a scratch
     buffer of that size, a few rows at a time: a buffer of the logits' size
     would be fresh memory on every call, whose page faults cost more than
-    the arithmetic (1.17 against 0.76 times `cross_entropy`'s time at
-    1024 x 32000).
+    the arithmetic.
     """
     num_classes = probs.shape[-1]
     if probs.numel() <= _DROP_CHUNK:
@@ -92,29 +107,32 @@ def _drop_in_place(probs, threshold):
         part.addcmul_(part, step.ceil_().clamp_(min=0.0), value=-1.0)
 
 
-def _losses_and_masked_positions(ctx, kept_sum, target_log_prob, masked):
+def _dropped(probs, threshold, logits, target_logit):
+    """The classes that the loss drops: `p_i < p_t - delta` and `z_i < z_t`."""
+    return (probs < threshold) & (logits < target_logit)
+
+
+def _losses_and_masked(ctx, kept_sum, target_prob, target_log_prob):
     """A forward pass's outputs: per-position losses `log(kept sum) -
-    log(p_t)`, 0 where masked, and the masked positions (no gradient)."""
-    losses = torch.where(masked, 0.0, kept_sum.log() - target_log_prob)
+    log(p_t)`, 0 where masked (only the target kept: the sum is exactly
+    `p_t`), and the masked positions (no gradient); then the masked flags
+    with their last axis, for the backward pass."""
+    masked = kept_sum == target_prob
+    losses = (kept_sum.log() - target_log_prob).masked_fill_(masked, 0.0)
     masked_positions = masked.squeeze(-1)
     ctx.mark_non_differentiable(masked_positions)
-    return losses.squeeze(-1), masked_positions
+    return losses.squeeze(-1), masked_positions, masked
 
 
 class _SparseASSoftmaxLoss(torch.autograd.Function):
     """The sparse AS-Softmax loss as one autograd node, for eager PyTorch.
 
-    Eager PyTorch runs one kernel, and allocates one buffer, per operation;
-    Keras's own sparse cross-entropy is PyTorch's `cross_entropy`. So this
-    takes `torch.softmax` (the probabilities the mask compares, as
-    `keras_as_softmax.as_softmax._keep_mask` takes them) and drops classes
-    in its buffer, in place: on the CPU with arithmetic (`_drop_in_place`),
-    because comparisons and masked fills there are several times slower
-    than a multiplication. The gradient, `g * (kept p / sum of kept p -
-    onehot(t))`, is one multiplication of the saved kept probabilities.
-    Forward and backward took 1.1 to 1.2 times `cross_entropy`'s time at
-    1024 x 1000 and 0.8 times at 1024 x 32000 (float32, PyTorch 2.13, 2 CPU
-    threads; the loss objects add Keras's per-call overhead to both).
+    It takes `torch.softmax` (the probabilities that the core compares) and
+    drops classes in its buffer, in place: on the CPU with arithmetic
+    (`_drop_in_place`), because comparisons and masked fills there are
+    several times slower than a multiplication. The gradient, `g * (kept p /
+    sum of kept p - onehot(t))`, is one multiplication of the saved kept
+    probabilities.
     """
 
     @staticmethod
@@ -125,15 +143,15 @@ class _SparseASSoftmaxLoss(torch.autograd.Function):
         if _softmax_keeps_order(logits):
             _drop_in_place(probs, threshold)
         else:
-            dropped = probs < threshold
-            dropped &= logits < logits.gather(-1, target_index)
-            probs.masked_fill_(dropped, 0.0)
+            target_logit = logits.gather(-1, target_index)
+            probs.masked_fill_(_dropped(probs, threshold, logits, target_logit), 0.0)
         kept_sum = probs.sum(-1, keepdim=True)
-        # Only the target kept: its sum is exactly `p_t`, and the loss 0.
-        masked = kept_sum == target_prob
         target_log_prob = _target_log_prob(target_index, logits, target_prob)
+        losses, masked_positions, masked = _losses_and_masked(
+            ctx, kept_sum, target_prob, target_log_prob
+        )
         ctx.save_for_backward(target_index, probs, kept_sum, masked)
-        return _losses_and_masked_positions(ctx, kept_sum, target_log_prob, masked)
+        return losses, masked_positions
 
     @staticmethod
     def backward(ctx, upstream, _):
@@ -152,8 +170,7 @@ class _CompiledSparseASSoftmaxLoss(torch.autograd.Function):
     The forward pass, the kept sum and the backward pass each write
     `exp(z - max)` differently (`z - m`, `z + (-m)`, `(-m) + z`: the same
     values): written alike, Inductor computes it once and keeps it, a
-    float32 buffer of the logits' size (for bfloat16 logits, 3x the
-    baseline's time at 1024 x 32000). The target's one-hot term is a
+    float32 buffer of the logits' size. The target's one-hot term is a
     comparison with the class ids rather than a scatter, which Inductor
     cannot fuse. Its exponentials are Inductor's, not ATen's, so the mask
     keeps the test `z_i >= z_t`.
@@ -169,15 +186,17 @@ class _CompiledSparseASSoftmaxLoss(torch.autograd.Function):
         target_prob = torch.exp(target_logit + neg_row_max) * inv_sum
         threshold = target_prob - delta
         probs = torch.exp(logits + neg_row_max) * inv_sum
-        keep = (probs >= threshold) | (logits >= target_logit)
-        kept_sum = torch.where(keep, probs, 0.0).sum(-1, keepdim=True)
-        masked = kept_sum == target_prob
+        dropped = _dropped(probs, threshold, logits, target_logit)
+        kept_sum = torch.where(dropped, 0.0, probs).sum(-1, keepdim=True)
+        target_log_prob = target_logit - row_max - log_sum
+        losses, masked_positions, masked = _losses_and_masked(
+            ctx, kept_sum, target_prob, target_log_prob
+        )
         ctx.save_for_backward(
             target_index, logits, neg_row_max, inv_sum, threshold, target_logit,
             kept_sum, masked,
         )
-        target_log_prob = target_logit - row_max - log_sum
-        return _losses_and_masked_positions(ctx, kept_sum, target_log_prob, masked)
+        return losses, masked_positions
 
     @staticmethod
     def backward(ctx, upstream, _):
@@ -194,7 +213,18 @@ class _CompiledSparseASSoftmaxLoss(torch.autograd.Function):
 def fused_sparse_as_softmax_loss(target_index, logits, delta):
     """Per-position sparse AS-Softmax `(losses, masked)` of `logits` (classes
     last) for `target_index` (their shape, last axis 1) and a float or
-    tensor `delta`."""
+    tensor `delta`, as `keras_as_softmax.as_softmax._logit_losses` computes
+    them.
+
+    Example:
+
+    >>> import torch
+    >>> losses, masked = fused_sparse_as_softmax_loss(
+    ...     torch.tensor([[1], [2]]),
+    ...     torch.tensor([[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3]]), 0.1)
+    >>> [round(loss, 4) for loss in losses.tolist()], masked.tolist()
+    ([0.0, 3.4741], [True, False])
+    """
     if torch.compiler.is_compiling():
         return _CompiledSparseASSoftmaxLoss.apply(target_index, logits, delta)
     return _SparseASSoftmaxLoss.apply(target_index, logits, delta)
