@@ -8,7 +8,7 @@ Each configuration trains for several timed epochs after a warm-up epoch; the
 table gives the median time per batch and the ratio to the plain model
 measured in the same run.
 
-    KERAS_BACKEND=jax python benchmarks/adaptive_overhead.py [--quick]
+    KERAS_BACKEND=jax python -m benchmarks.adaptive_overhead [--quick]
 """
 
 import argparse

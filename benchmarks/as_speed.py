@@ -5,10 +5,10 @@ scikit-learn's bundled digits; `fashion_mnist`; `wordnet`) with softmax
 cross-entropy, AS-Softmax, AS-Speed (`AdaptiveModel`: gradient accumulation)
 and AS-Speed + skipping (`AdaptiveModel(skip_masked=True)`: only the samples
 the loss does not mask are back-propagated), for several seeds, through the
-examples' harness (`examples/harness.py`): the same models, training, timing
-and target as the examples. Within a seed the methods train one after
-another, their order rotated by one per seed, so that they see the same
-machine load.
+comparison (`benchmarks.comparison`): the same models, training, timing and
+target as the main job and the examples. Within a seed the methods train
+one after another, their order rotated by one per seed, so that they see
+the same machine load.
 
 The first table gives, per method, mean ± std over seeds: steady-state ms per
 batch and its speedup over AS-Softmax, the compilation overhead (first
@@ -22,21 +22,19 @@ seed, ms per batch of AS-Softmax and of AS-Speed + skipping in the epochs
 followed by the command that reproduces them; the examples' plot is saved
 too (`--plot`, by default `<task name>.png` here).
 
-    python benchmarks/as_speed.py --backend jax [--dataset digits] [--seeds 3] [--quick]
+    python -m benchmarks.as_speed --backend jax [--dataset digits] [--seeds 3] [--quick]
 """
 
-import os
-import platform
-import sys
+from benchmarks import comparison  # First: reads `--backend` before Keras loads.
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "examples"))
-import harness  # noqa: E402  First: `--backend` must be read before Keras loads.
+import os  # noqa: E402
+import platform  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import compare  # noqa: E402  (examples/compare.py: the tasks of `--dataset`)
+from benchmarks import compare  # noqa: E402  (the tasks of `--dataset`)
+from benchmarks import tables  # noqa: E402
 
 COLUMNS = ("ms/batch", "speedup", "compile s", "s to target", "reached",
            "to-target speedup", "best", "updates", "backward")
@@ -60,14 +58,14 @@ def print_masked_table(results, threshold):
         "every sample, whatever it masks)"
     )
     rows, ratios = [], []
-    pairs = zip(results[harness.AS_SOFTMAX], results[harness.AS_SKIPPING])
+    pairs = zip(results[tables.AS_SOFTMAX], results[tables.AS_SKIPPING])
     for seed, (plain, skipping) in enumerate(pairs):
         epochs = masked_epochs(skipping, threshold)
         if not epochs:
             rows.append([seed, 0, "-", "-", "-", "-", "-"])
             continue
-        plain_ms = harness.ms_per_batch(plain, epochs)
-        skipping_ms = harness.ms_per_batch(skipping, epochs)
+        plain_ms = tables.ms_per_batch(plain, epochs)
+        skipping_ms = tables.ms_per_batch(skipping, epochs)
         ratios.append(plain_ms / skipping_ms)
         picked = [skipping["rows"][i] for i in epochs]
         rows.append([
@@ -79,11 +77,11 @@ def print_masked_table(results, threshold):
             f"{skipping_ms:.2f}",
             f"{ratios[-1]:.2f}",
         ])
-    header = ["seed", "epochs", "masked", "backward", f"{harness.AS_SOFTMAX} ms/batch",
-              f"{harness.AS_SKIPPING} ms/batch", "ratio"]
-    print("\n".join(harness.markdown_table(header, rows)))
-    print(f"ratio ({harness.AS_SOFTMAX} / {harness.AS_SKIPPING}), mean ± std over "
-          f"the seeds that have such epochs: {harness.mean_spread(ratios, '.2f')}")
+    header = ["seed", "epochs", "masked", "backward", f"{tables.AS_SOFTMAX} ms/batch",
+              f"{tables.AS_SKIPPING} ms/batch", "ratio"]
+    print("\n".join(tables.markdown_table(header, rows)))
+    print(f"ratio ({tables.AS_SOFTMAX} / {tables.AS_SKIPPING}), mean ± std over "
+          f"the seeds that have such epochs: {tables.mean_spread(ratios, '.2f')}")
 
 
 def command(args):
@@ -91,7 +89,7 @@ def command(args):
     budget = ["--quick"] if args.quick else [f"--seeds {args.seeds}",
                                              f"--epochs {args.epochs}"]
     return " ".join([
-        "python benchmarks/as_speed.py",
+        "python -m benchmarks.as_speed",
         f"--backend {keras.backend.backend()}",
         f"--dataset {args.dataset}",
         *budget,
@@ -105,19 +103,19 @@ def command(args):
 
 
 def main():
-    parser = harness.parser(__doc__, epochs=30, batch_size=32)
-    parser.add_argument("--dataset", default="digits", choices=tuple(compare.TASKS))
+    parser = compare.parser(__doc__)
     parser.add_argument("--steady-masked", type=float, default=0.75,
                         help="the masked ratio from which the second table "
                         "measures (default 0.75)")
-    args = parser.parse_args()
-    task, methods = harness.prepare(compare.TASKS[args.dataset], args)
-    results = harness.train_all(task, methods, args)
+    args = comparison.parse_args(parser)
+    task = compare.task(args)
+    methods = comparison.prepare(task, args)
+    results = comparison.train_all(task, methods, args)
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs; keras {keras.__version__}"
     )
-    harness.report(task, methods, results, args, COLUMNS)
+    comparison.report(task, methods, results, args, COLUMNS)
     print_masked_table(results, args.steady_masked)
     print(f"\nreproduce: {command(args)}")
 

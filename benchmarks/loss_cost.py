@@ -38,8 +38,8 @@ gives the size of XLA's temporary buffers for each compiled function
 `--quick` runs tiny shapes, 3 rounds, and no torch.compile for bfloat16
 (compilation is most of its time).
 
-    KERAS_BACKEND=jax python benchmarks/loss_cost.py [--quick]
-    KERAS_BACKEND=torch python benchmarks/loss_cost.py --losses sparse --modes eager
+    KERAS_BACKEND=jax python -m benchmarks.loss_cost [--quick]
+    KERAS_BACKEND=torch python -m benchmarks.loss_cost --losses sparse --modes eager
 """
 
 import argparse

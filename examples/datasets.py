@@ -1,6 +1,8 @@
 """The examples' data: the standard online loader when it works, a local copy
 when it does not, and one clear sentence saying how to get it when neither is
-there. Arrays only (NumPy); nothing here depends on the Keras backend.
+there. Arrays only (NumPy); nothing here depends on the Keras backend. The
+examples and, through them, the benchmarks (`python -m benchmarks.compare
+--dataset ...`) load their data here.
 """
 
 import collections
@@ -36,6 +38,11 @@ def split(arrays, validation_fraction, seed=0):
     train = tuple(a[order[:cut]] for a in arrays)
     validation = tuple(a[order[cut:]] for a in arrays)
     return train, validation
+
+
+def first(arrays, count):
+    """The first `count` samples of aligned arrays (all of them if `count` is None)."""
+    return tuple(a[:count] for a in arrays)
 
 
 def digits():

@@ -1,4 +1,4 @@
-"""Spelling correction of WordNet glosses: softmax vs AS-Softmax vs AS-Speed.
+"""WordNet gloss spelling correction: AS-Softmax, then softmax vs AS-Softmax vs AS-Speed.
 
 A token classification task with thousands of classes, like the AS-Softmax
 paper's spelling correction but with words: each gloss of the local WordNet is
@@ -12,21 +12,24 @@ noisy token as it is.
 
 Model: a character CNN per token (letter embedding, a 1 x 3 convolution, max
 over the letters), a convolution over neighbouring tokens, 5000 logits per
-token. Reports best validation token accuracy, its epoch, wall time, optimizer
-updates and the final masked ratio; saves `token_spelling.png`.
+token. It trains once with AS-Softmax; then the comparison trains it with
+softmax CE, AS-Softmax, AS-Speed and AS-Speed + skipping and reports best
+validation token accuracy, its epoch, wall time, optimizer updates and the
+final masked ratio; it saves `token_spelling.png`.
 
 Data: Debian's `wordnet-base` (`apt-get install wordnet-base`).
 
-    python examples/token_spelling.py [--backend jax] [--seeds 3] [--epochs 10]
-    python examples/token_spelling.py --quick    # 2560 glosses, CPU smoke test
+    python -m examples.token_spelling [--backend jax] [--seeds 3] [--epochs 10]
+    python -m examples.token_spelling --quick    # 2560 glosses, CPU smoke test
 """
 
-import harness  # First: `--backend` must be read before Keras loads.
+from benchmarks import comparison  # First: reads `--backend` before Keras loads.
 
 import keras
 import numpy as np
 
-import datasets
+from examples import datasets
+from keras_as_softmax import SparseASSoftmaxCrossentropy
 
 TOKENS = 24  # Tokens per sentence.
 LETTERS = 16  # Letters per token.
@@ -79,8 +82,11 @@ def letters(sentences):
     return x
 
 
-def task(quick=False):
-    """The spelling task (2560 glosses and 1000 words when `quick`)."""
+def load_data(quick=False, train_size=None):
+    """`(x, y, weight), (x_val, y_val, weight_val), vocabulary, copy accuracy`:
+    letter ids of the noisy tokens, the clean tokens' ids and 1 where a token
+    is real (0 on padding); 2560 glosses and 1000 words when `quick`;
+    `train_size`: the first N."""
     rng = np.random.default_rng(0)
     sentences = [
         datasets.words(synset.gloss)[:TOKENS] for synset in datasets.wordnet_synsets()
@@ -96,30 +102,36 @@ def task(quick=False):
         (letters(noisy), y, weight, copy), 0.2 if quick else 0.1
     )
     copy_accuracy = np.sum((copy_val == y_val) * weight_val) / np.sum(weight_val)
+    train = datasets.first((x, y, weight), train_size)
+    return train, (x_val, y_val, weight_val), vocabulary, copy_accuracy
 
-    def build(seed):
-        inputs = keras.Input((TOKENS, LETTERS), dtype="int32")
-        h = keras.layers.Embedding(len(ALPHABET) + 1, 32)(inputs)
-        # A 1 x 3 convolution and a max over the letters: a CNN per token (in
-        # one op; `TimeDistributed` would loop over the tokens in Python).
-        h = keras.layers.Conv2D(128, (1, 3), padding="same", activation="relu")(h)
-        h = keras.layers.MaxPooling2D((1, LETTERS))(h)
-        h = keras.layers.Reshape((TOKENS, 128))(h)
-        h = keras.layers.Conv1D(256, 3, padding="same", activation="relu")(h)
-        h = keras.layers.Dropout(0.2)(h)
-        return inputs, keras.layers.Dense(len(vocabulary))(h)
 
-    return harness.Task(
+def build_model(num_words):
+    """Letters `(TOKENS, LETTERS)` -> `num_words` logits per token."""
+    inputs = keras.Input((TOKENS, LETTERS), dtype="int32")
+    h = keras.layers.Embedding(len(ALPHABET) + 1, 32)(inputs)
+    # A 1 x 3 convolution and a max over the letters: a CNN per token (in
+    # one op; `TimeDistributed` would loop over the tokens in Python).
+    h = keras.layers.Conv2D(128, (1, 3), padding="same", activation="relu")(h)
+    h = keras.layers.MaxPooling2D((1, LETTERS))(h)
+    h = keras.layers.Reshape((TOKENS, 128))(h)
+    h = keras.layers.Conv1D(256, 3, padding="same", activation="relu")(h)
+    h = keras.layers.Dropout(0.2)(h)
+    return keras.Model(inputs, keras.layers.Dense(num_words)(h))
+
+
+def task(train, validation, vocabulary, copy_accuracy):
+    """This example as the comparison's task."""
+    return comparison.Task(
         name="token_spelling",
         title=(
             f"WordNet glosses, misspelt tokens -> {len(vocabulary)} words "
             f"(copy {copy_accuracy:.3f}), char CNN"
         ),
         kind="tokens",
-        train=(x, y, weight),
-        validation=(x_val, y_val, weight_val),
-        build=build,
-        metrics=harness.accuracy,
+        train=train,
+        validation=validation,
+        build=lambda: build_model(len(vocabulary)),
         num_classes=len(vocabulary),
         ignore_class=PAD,
         learning_rate=1e-2,
@@ -127,5 +139,21 @@ def task(quick=False):
 
 
 if __name__ == "__main__":
-    args = harness.parser(__doc__, epochs=10, batch_size=32).parse_args()
-    harness.main(task, args)
+    args = comparison.parse_args(comparison.parser(__doc__, epochs=10, batch_size=32))
+    data = load_data(args.quick, args.train_size)
+    (x, y, weight), (x_val, y_val, weight_val), vocabulary, _ = data
+
+    # AS-Softmax per token: padding is `ignore_class` (and weight 0 for the metric).
+    keras.utils.set_random_seed(0)
+    model = build_model(len(vocabulary))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=SparseASSoftmaxCrossentropy(delta=args.delta, ignore_class=PAD),
+                  weighted_metrics=["accuracy"])
+    model.fit(x, y, sample_weight=weight, batch_size=args.batch_size, epochs=args.epochs,
+              verbose=2)
+    loss, accuracy = model.evaluate(x_val, y_val, sample_weight=weight_val, verbose=0)
+    print(f"AS-Softmax: validation token accuracy {accuracy:.4f} "
+          f"after {args.epochs} epochs\n")
+
+    # The comparison: the same model, seeds and budget with each method.
+    comparison.main(task(*data), args)

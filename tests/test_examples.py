@@ -1,8 +1,11 @@
-"""The examples' quick modes run on this backend, print their table and plot.
+"""The examples' and the main job's quick modes run on this backend, print
+their table and plot.
 
-Each example is run as a user runs it (a subprocess with `--quick` and
-`--backend`), on a tiny slice on the CPU. Nothing about speed is asserted,
-only that the table's columns agree with each other and with the run.
+Each script is run as a user runs it (`python -m examples.NAME` or `python
+-m benchmarks.compare` from the repository root, a subprocess with `--quick`
+and `--backend`), on a tiny slice on the CPU. Nothing about speed is
+asserted, only that the table's columns agree with each other and with the
+run.
 """
 
 import os
@@ -13,10 +16,12 @@ import sys
 import keras
 import numpy as np
 import pytest
+
+from benchmarks import startup
+from examples import datasets
 from tests.helpers import markdown_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = os.path.join(ROOT, "examples")
 BACKEND = keras.backend.backend()
 FOUR_METHODS = ["softmax CE", "AS-Softmax", "AS-Speed", "AS-Speed + skipping"]
 # A warning or a native library's log line: Python's and TensorFlow's warnings
@@ -28,21 +33,32 @@ pytest.importorskip("matplotlib", reason="examples need the [examples] extra")
 pytest.importorskip("sklearn", reason="examples need the [examples] extra")
 
 
-def run_example(script, tmp_path, *args, env_backend=BACKEND):
+def run_example(module, tmp_path, *args, env_backend=BACKEND):
+    """Runs `python -m module --quick --backend BACKEND` from the repository
+    root, its plot in `tmp_path`."""
     plot = tmp_path / "plot.png"
     result = subprocess.run(
-        [sys.executable, os.path.join(EXAMPLES, script), "--quick",
+        [sys.executable, "-m", module, "--quick",
          "--backend", BACKEND, "--plot", str(plot), *args],
         capture_output=True,
         text=True,
         timeout=900,
         env={**os.environ, "KERAS_BACKEND": env_backend},
-        cwd=tmp_path,
+        cwd=ROOT,
     )
     return result, plot
 
 
-def check_comparison(result, plot, methods, num_train, batch_size, epochs=2):
+def progress(output, method):
+    """The per-epoch lines of `method` (seed 0): `[(metric, fit seconds)]`."""
+    line = re.compile(
+        rf"^  {re.escape(method)} seed 0 epoch \d+/\d+: loss \S+, val_\w+ (\S+)"
+        r"(?:, .*)?, (\S+) s$", re.M,
+    )
+    return [(float(value), seconds) for value, seconds in line.findall(output)]
+
+
+def check_comparison(result, plot, methods, num_train, batch_size, epochs=2, delta=0.1):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"backend {BACKEND}" in result.stdout
     rows = markdown_rows(result.stdout, "method")
@@ -55,22 +71,30 @@ def check_comparison(result, plot, methods, num_train, batch_size, epochs=2):
     as_softmax_ms = float(rows["AS-Softmax"]["ms/batch"])
     for name, row in rows.items():
         (best,) = [value for column, value in row.items() if column.startswith("best val_")]
-        assert 0.0 <= float(best) <= 1.0
-        assert 1 <= float(row["epoch of best"]) <= epochs
+        # The table agrees with the run's per-epoch lines: best metric, its
+        # epoch, the fit time, and the first epoch at the target.
+        epochs_run = progress(result.stdout, name)
+        assert len(epochs_run) == epochs
+        scores = [score for score, _ in epochs_run]
+        assert float(best) == max(scores)
+        assert float(row["epoch of best"]) == scores.index(max(scores)) + 1
+        assert row["wall s"] == epochs_run[-1][1]
         ms, wall = float(row["ms/batch"]), float(row["wall s"])
         assert 0 < ms * steps / epochs / 1000 < wall  # An epoch's batches, in the fit.
         speedup = pytest.approx(as_softmax_ms / ms, rel=0.02, abs=0.01)  # Rounded.
         assert float(row["speedup"]) == speedup
         if row["reached"] == "1/1":
-            assert 0 < float(row["s to target"]) <= wall
+            assert row["s to target"] in [seconds for _, seconds in epochs_run]
         else:
             assert (row["reached"], row["s to target"]) == ("0/1", "-")
         if name.startswith("AS-Speed"):  # One update per window of 1 or 2 batches.
             assert steps / 2 <= int(row["updates"]) <= steps
         else:
             assert int(row["updates"]) == steps
-        if name.startswith("AS-"):
-            assert 0.0 <= float(row["final masked"].rstrip("%")) <= 100.0
+        if name.startswith("AS-") and delta == 1.0:  # delta 1 keeps every class.
+            assert row["final masked"] == "0.0%"
+        elif name.startswith("AS-"):
+            assert re.fullmatch(r"\d{1,3}\.\d%", row["final masked"])
         elif name == "multi-label CE":  # The AS loss at delta = 1 masks nothing.
             assert row["final masked"] == "0.0%"
         else:
@@ -86,15 +110,25 @@ def check_comparison(result, plot, methods, num_train, batch_size, epochs=2):
     return rows
 
 
+def check_own_run(result, metric, epochs=2):
+    """The example's own training run, before the comparison, printed its
+    result; returns it."""
+    found = re.search(rf"^AS-[^:]+: (?:best )?(?:validation|test) {metric} (\d\.\d{{4}}) "
+                      rf"after {epochs} epochs", result.stdout, re.M)
+    assert found, result.stdout[:3000]
+    return float(found.group(1))
+
+
+@pytest.mark.slow
 def test_main_job_quick(tmp_path):
     # `--backend` wins over KERAS_BACKEND: the environment names another one.
     other = next(b for b in ("tensorflow", "jax", "torch") if b != BACKEND)
-    result, plot = run_example("compare.py", tmp_path, "--baselines",
+    result, plot = run_example("benchmarks.compare", tmp_path, "--baselines",
                                env_backend=other)
     check_comparison(
         result, plot,
-        ["softmax CE", "label smoothing 0.1", "focal (gamma 2)",
-         "AS-Softmax", "AS-Speed", "AS-Speed + skipping"],
+        ["softmax CE", "label smoothing 0.1", "focal (gamma 2)", "sparsemax",
+         "entmax 1.5", "top-5 softmax", "AS-Softmax", "AS-Speed", "AS-Speed + skipping"],
         num_train=400, batch_size=32,
     )
     # Only the progress lines, the table and the plot's path: no backend
@@ -104,11 +138,24 @@ def test_main_job_quick(tmp_path):
     assert result.stderr == ""
 
 
-def test_start_up_log_filter(monkeypatch):
-    """The examples leave out the native start-up log lines and keep the rest."""
-    monkeypatch.syspath_prepend(EXAMPLES)
-    import harness
+@pytest.mark.slow
+def test_digits_example_at_delta_one(tmp_path):
+    """At delta 1 AS-Softmax is softmax cross-entropy and masks nothing."""
+    result, plot = run_example("examples.digits", tmp_path, "--delta", "1.0")
+    rows = check_comparison(result, plot, FOUR_METHODS, num_train=400,
+                            batch_size=32, delta=1.0)
+    # The same seed, model and loss values: the same best accuracy.
+    assert len({row["best val_accuracy"] for row in rows.values()}) == 1
+    # No sample masked: AS-Speed's window stays 1 (an update per batch) and
+    # skipping back-propagates every sample.
+    assert rows["AS-Speed"]["updates"] == rows["AS-Speed + skipping"]["updates"] == "26"
+    assert rows["AS-Speed + skipping"]["backward"] == "1.00"
+    # The example's own `compile`/`fit` is the comparison's AS-Softmax run.
+    assert check_own_run(result, "accuracy") == progress(result.stdout, "AS-Softmax")[-1][0]
 
+
+def test_start_up_log_filter():
+    """The scripts leave out the native start-up log lines and keep the rest."""
     dropped = [
         "WARNING: All log messages before absl::InitializeLog() is called are "
         "written to STDERR",
@@ -130,78 +177,85 @@ def test_start_up_log_filter(monkeypatch):
         "Traceback (most recent call last):",
     ]
     text = "\n".join(dropped[:3] + kept[:2] + dropped[3:] + kept[2:]) + "\n"
-    assert harness._without_start_up_logs(text) == "\n".join(kept) + "\n"
+    assert startup.without_start_up_logs(text) == "\n".join(kept) + "\n"
 
 
+def test_backend_flag():
+    assert startup.backend_from_argv(["--quick", "--backend", "torch"]) == "torch"
+    assert startup.backend_from_argv(["--backend=jax", "--seeds", "2"]) == "jax"
+    assert startup.backend_from_argv(["--seeds", "2", "--backend"]) is None
+
+
+@pytest.mark.slow
 def test_main_job_rejects_bad_delta(tmp_path):
-    result, _ = run_example("compare.py", tmp_path, "--delta", "1.5")
+    result, _ = run_example("benchmarks.compare", tmp_path, "--delta", "1.5")
     assert result.returncode != 0
     assert "--delta must be in [0, 1], got 1.5." in result.stderr
 
 
+@pytest.mark.slow
 def test_fashion_mnist_quick(tmp_path):
-    result, plot = run_example("fashion_mnist.py", tmp_path)
+    result, plot = run_example("examples.fashion_mnist", tmp_path)
     check_comparison(result, plot, FOUR_METHODS, num_train=2000, batch_size=128)
+    check_own_run(result, "accuracy")
 
 
+@pytest.mark.slow
 def test_wordnet_text_quick(tmp_path):
-    result, plot = run_example("wordnet_text.py", tmp_path)
+    result, plot = run_example("examples.wordnet_text", tmp_path)
     check_comparison(result, plot, FOUR_METHODS, num_train=8000, batch_size=128)
+    check_own_run(result, "accuracy")
 
 
+@pytest.mark.slow
 def test_multilabel_quick(tmp_path):
-    result, plot = run_example("multilabel.py", tmp_path)
+    result, plot = run_example("examples.multilabel", tmp_path)
     check_comparison(
         result, plot,
         ["binary CE", "multi-label CE", *FOUR_METHODS[1:]],
         num_train=6000, batch_size=128,
     )
     assert "best val_f1" in result.stdout
+    check_own_run(result, "micro F1")
 
 
+@pytest.mark.slow
 def test_token_spelling_quick(tmp_path):
-    result, plot = run_example("token_spelling.py", tmp_path)
+    result, plot = run_example("examples.token_spelling", tmp_path)
     check_comparison(result, plot, FOUR_METHODS, num_train=2048, batch_size=32)
+    check_own_run(result, "token accuracy")
 
 
-@pytest.fixture
-def datasets_module(monkeypatch):
-    monkeypatch.syspath_prepend(EXAMPLES)
-    import datasets
-
-    return datasets
-
-
-def test_missing_fashion_mnist_says_how_to_get_it(datasets_module, monkeypatch, tmp_path):
+def test_missing_fashion_mnist_says_how_to_get_it(monkeypatch, tmp_path):
     def offline():
         raise Exception("URL fetch failure")
 
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
-    monkeypatch.setattr(datasets_module, "FASHION_MNIST_DIR", str(tmp_path))
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", str(tmp_path))
     with pytest.raises(SystemExit, match="apt-get install dataset-fashion-mnist"):
-        datasets_module.fashion_mnist()
+        datasets.fashion_mnist()
 
 
-def test_missing_wordnet_says_how_to_get_it(datasets_module, monkeypatch, tmp_path):
-    monkeypatch.setattr(datasets_module, "WORDNET_DIR", str(tmp_path))
+def test_missing_wordnet_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets, "WORDNET_DIR", str(tmp_path))
     with pytest.raises(SystemExit, match="apt-get install wordnet-base"):
-        datasets_module.wordnet_synsets()
+        datasets.wordnet_synsets()
 
 
-def test_local_fashion_mnist_matches_its_format(datasets_module, monkeypatch):
+def test_local_fashion_mnist_matches_its_format(monkeypatch):
     monkeypatch.setattr(
         keras.datasets.fashion_mnist, "load_data",
         lambda: (_ for _ in ()).throw(Exception("offline")),
     )
-    (x, y), (x_test, y_test) = datasets_module.fashion_mnist()
+    (x, y), (x_test, y_test) = datasets.fashion_mnist()
     assert x.shape == (60000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
     assert 0.0 <= x.min() and x.max() == 1.0
     assert sorted(np.unique(y)) == list(range(10))
     assert np.bincount(y_test).tolist() == [1000] * 10
 
 
-def test_wordnet_parser(datasets_module):
-    synsets = datasets_module.wordnet_synsets()
+def test_wordnet_parser():
+    synsets = datasets.wordnet_synsets()
     by_key = {s.key: s for s in synsets}
     assert len(synsets) == 117659
     assert len({s.lexname for s in synsets}) == 45
@@ -211,9 +265,11 @@ def test_wordnet_parser(datasets_module):
     assert all(h in by_key for s in synsets for h in s.hypernyms)
 
 
+@pytest.mark.slow
 def test_keras_hub_text_quick(tmp_path):
-    result, plot = run_example("keras_hub_text.py", tmp_path)
+    result, plot = run_example("examples.keras_hub_text", tmp_path)
     check_comparison(result, plot, FOUR_METHODS, num_train=512, batch_size=64)
+    check_own_run(result, "accuracy")
     # It says which classifier ran: the preset, or the offline fallback.
     assert (
         "keras-hub BERT (pretrained bert_tiny_en_uncased)" in result.stdout
@@ -221,15 +277,16 @@ def test_keras_hub_text_quick(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_keras_hub_text_without_keras_hub_says_how_to_get_it(tmp_path):
     (tmp_path / "keras_hub.py").write_text("raise ImportError('no keras-hub')\n")
     result = subprocess.run(
-        [sys.executable, os.path.join(EXAMPLES, "keras_hub_text.py"), "--quick"],
+        [sys.executable, "-m", "examples.keras_hub_text", "--quick"],
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        cwd=tmp_path,
+        cwd=ROOT,
     )
     assert result.returncode == 1
     assert "pip install keras-hub" in result.stderr

@@ -298,7 +298,9 @@ def test_size_one_class_axis_of_targets(axis):
         )
 
 
-@pytest.mark.parametrize("num_classes", [1000, 32000])
+@pytest.mark.parametrize(
+    "num_classes", [1000, pytest.param(32000, marks=pytest.mark.slow)]
+)
 def test_probabilities_with_zeros(num_classes):
     """Keras normalises, clips and takes the log; it does not renormalise
     after clipping, so the zeros do not add `epsilon` each to the sum."""

@@ -243,6 +243,7 @@ def multilabel_data(num_samples=512, seed=0):
     return x, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
 def test_fit_learns_and_saves(jit_compile, tmp_path):
     x, y = multilabel_data()

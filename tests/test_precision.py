@@ -46,6 +46,7 @@ def finite(values):
     return all(np.isfinite(np.asarray(v, "float64")).all() for v in values)
 
 
+@pytest.mark.slow
 @JIT
 def test_every_loss_with_warmup_trains(policy, jit_compile):
     # One model, a head per AS loss, and the warm-up moving all three deltas.
@@ -108,6 +109,7 @@ ADAPTIVE_LOSSES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, jit_compile",
     [
@@ -203,6 +205,7 @@ def test_large_ids_would_round_in_the_compute_dtype(policy):
     assert np.all(rounded_loss[changed] - true_loss[in_range][changed] > 7.9)
 
 
+@pytest.mark.slow
 @JIT
 @pytest.mark.parametrize("loss_dtype", ["default", "compute"])
 def test_large_class_ids_stay_exact_in_fit_and_evaluate(policy, loss_dtype, jit_compile):
@@ -228,6 +231,7 @@ def test_large_class_ids_stay_exact_in_fit_and_evaluate(policy, loss_dtype, jit_
     np.testing.assert_allclose(per_sample, expected, rtol=1e-2)
 
 
+@pytest.mark.slow
 @JIT_EVERYWHERE
 def test_large_class_ids_stay_exact_in_adaptive_model(policy, jit_compile):
     # With delta 0.1 every sample is masked at its true id and none at a

@@ -738,6 +738,7 @@ def jit_multilabel_loss(logits):
     return ops.sum(multilabel_as_softmax_crossentropy(JIT_LABELS, logits, JIT_DELTA))
 
 
+@pytest.mark.slow
 @settings(max_examples=max(4, settings().max_examples // 10))
 @given(st.booleans(), SCALES, RATES, SEEDS)
 def test_compiled_matches_reference(multilabel, scale, neg_inf, seed):
