@@ -17,16 +17,15 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_as_softmax._keras_private import get_keras_mask
-from keras_as_softmax._keras_private import reduce_weighted_values
 from keras_as_softmax._keras_private import set_keras_mask
 from keras_as_softmax.backend import fused_sparse_as_softmax_loss
 from keras_as_softmax.input_checks import align_weights
-from keras_as_softmax.input_checks import check_class_ids
 from keras_as_softmax.input_checks import check_one_hot
 from keras_as_softmax.input_checks import float_predictions
-from keras_as_softmax.input_checks import sparse_targets
+from keras_as_softmax.input_checks import sparse_inputs
 from keras_as_softmax.input_checks import validate_delta
+from keras_as_softmax.loss_wrapper import FunctionLoss
+from keras_as_softmax.loss_wrapper import and_masks
 
 
 def sparse_as_softmax_crossentropy(
@@ -138,7 +137,7 @@ def sparse_as_softmax_mask(
     )
     if in_range is not None:
         masked = ops.logical_and(masked, in_range)
-    counted = counted_positions(masked, _and_masks(valid, mask), sample_weight)
+    counted = counted_positions(masked, and_masks(valid, mask), sample_weight)
     return (keep, *count_masked(masked, counted))
 
 
@@ -177,17 +176,17 @@ def as_softmax_mask(
     return (keep, *count_masked(masked, counted))
 
 
-class ASLoss(keras.losses.Loss):
+class ASLoss(FunctionLoss):
     """Wraps an AS-Softmax loss function into a `Loss`.
 
-    As Keras's `LossFunctionWrapper`, the loss is `fn` with the keyword
-    arguments given here, which are also its config (with `delta`); each is
-    an attribute of the loss. `fn(y_true, y_pred, delta, **kwargs)` returns
-    `(losses, masked)`: the per-position losses (with a Keras mask where
-    positions are ignored) and, from the same computation, where the loss
-    masks a position (its loss and gradient are exactly 0).
+    A `FunctionLoss` (see `keras_as_softmax.loss_wrapper`): the loss is `fn`
+    with the keyword arguments given here, which are also its config (with
+    `delta`); each is an attribute of the loss. `fn(y_true, y_pred, delta,
+    **kwargs)` returns `(losses, masked)`: the per-position losses (with a
+    Keras mask where positions are ignored) and, from the same computation,
+    where the loss masks a position (its loss and gradient are exactly 0).
 
-    Unlike Keras's base `Loss`, `y_true` is never cast to the loss dtype (so
+    As for every `FunctionLoss`, `y_true` is never cast to the loss dtype (so
     class ids stay exact under float16/bfloat16), and per-sample weights
     `(B,)` broadcast over per-token losses `(B, T)` even with a Keras mask.
 
@@ -216,6 +215,9 @@ class ASLoss(keras.losses.Loss):
     [True, False]
     """
 
+    # `mean_with_sample_weight` is the weighted mean over positions.
+    weights_fill_losses = True
+
     def __init__(
         self,
         fn,
@@ -225,13 +227,9 @@ class ASLoss(keras.losses.Loss):
         dtype=None,
         **kwargs,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.fn = fn
+        super().__init__(fn, reduction=reduction, name=name, dtype=dtype, **kwargs)
         self.delta = validate_delta(delta, allow_tensor=False)
         self.delta_variable = None
-        self._fn_arg_names = tuple(kwargs)
-        for arg_name, value in kwargs.items():
-            setattr(self, arg_name, value)
         self._records = None
 
     @property
@@ -241,16 +239,8 @@ class ASLoss(keras.losses.Loss):
             return self.delta
         return self.delta_variable
 
-    def _fn_arguments(self):
-        return {arg_name: getattr(self, arg_name) for arg_name in self._fn_arg_names}
-
     def get_config(self):
-        return {
-            **super().get_config(),
-            "delta": self.delta,
-            "dtype": self.dtype,
-            **self._fn_arguments(),
-        }
+        return {**super().get_config(), "delta": self.delta}
 
     def losses_and_masked(self, y_true, y_pred):
         """Per-position losses and where they are masked: `fn`'s outputs.
@@ -264,6 +254,15 @@ class ASLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         return self.losses_and_masked(y_true, y_pred)[0]
+
+    def _losses_and_flags(self, y_true, y_pred):
+        return self.losses_and_masked(y_true, y_pred)
+
+    def _seen(self, masked, losses, mask, sample_weight):
+        if self._records is not None:
+            self._records.append(
+                (masked, counted_positions(losses, mask, sample_weight))
+            )
 
     @contextlib.contextmanager
     def recording(self):
@@ -314,33 +313,6 @@ class ASLoss(keras.losses.Loss):
         with self.recording() as records:
             self(y_true, y_pred, sample_weight)
         return records[0]
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        # `keras.losses.Loss.__call__`, except that `y_true` keeps its dtype,
-        # weights get the losses' shape and `recording` gets the flags.
-        in_mask = get_keras_mask(y_pred)
-        with keras.name_scope(self.name):
-            y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
-            losses, masked = self.losses_and_masked(y_true, y_pred)
-            mask = _and_masks(in_mask, get_keras_mask(losses))
-            if sample_weight is not None:
-                # Keras's mask handling cannot broadcast (B,) weights over
-                # (B, T) losses; give them the losses' shape first.
-                sample_weight = ops.multiply(
-                    ops.cast(align_weights(sample_weight, losses), losses.dtype),
-                    ops.ones_like(losses),
-                )
-            if self._records is not None:
-                self._records.append(
-                    (masked, counted_positions(losses, mask, sample_weight))
-                )
-            return reduce_weighted_values(
-                losses,
-                sample_weight=sample_weight,
-                mask=mask,
-                reduction=self.reduction,
-                dtype=self.dtype,
-            )
 
 
 def count_masked(masked, counted):
@@ -525,31 +497,10 @@ def _prepare_sparse(y_true, y_pred, delta, from_logits, ignore_class, axis):
     else where the (not ignored) ids are whole numbers in `[0, C)`.
     """
     delta = validate_delta(delta)
-    y_pred = ops.convert_to_tensor(y_pred)
-    scores = float_predictions(y_pred, axis)
-    targets = sparse_targets(y_true, y_pred, axis)
-    num_classes = scores.shape[-1]
-    checked = check_class_ids(targets, num_classes, ignore_class)
-    valid = None
-    if ignore_class is not None:
-        valid = ops.not_equal(targets, ignore_class)
-        targets = ops.where(valid, targets, 0)
-        # Ignored positions may hold anything (even -inf); keep them finite.
-        filler = 0.0 if from_logits else 1.0
-        scores = ops.where(ops.expand_dims(valid, -1), scores, filler)
-    in_range = None
-    if not checked:
-        # Compared before any cast, so float ids are never rounded or wrapped.
-        in_range = ops.logical_and(
-            ops.greater_equal(targets, 0),
-            ops.less(targets, ops.shape(scores)[-1]),
-        )
-        if "float" in keras.backend.standardize_dtype(targets.dtype):
-            in_range = ops.logical_and(
-                in_range, ops.equal(targets, ops.floor(targets))
-            )
-        targets = ops.where(in_range, targets, 0)
-    target_index = ops.expand_dims(ops.cast(targets, "int32"), -1)
+    targets, scores, valid, in_range = sparse_inputs(
+        y_true, y_pred, ignore_class, axis, filler=0.0 if from_logits else 1.0
+    )
+    target_index = ops.expand_dims(targets, -1)
     return target_index, scores, _cast_delta(delta, scores), valid, in_range
 
 
@@ -664,10 +615,3 @@ def _logit_losses(target_index, logits, delta):
         return losses, gradient
 
     return with_gradient(logits), masked
-
-
-def _and_masks(mask, other):
-    """The logical and of two optional boolean masks."""
-    if mask is None or other is None:
-        return other if mask is None else mask
-    return ops.logical_and(mask, ops.cast(other, "bool"))

@@ -20,8 +20,9 @@ Lv et al. compare AS-Softmax with softmax and three sparse variants:
 
 All three take integer class ids and logits with the classes last, compute
 in float32 for float16/bfloat16 logits, and write their gradients out (no
-gradient flows through a sort or `top_k`). The thresholds are exact,
-sort-based ones. `keras.ops.sparsemax` is not used: in every Keras release
+gradient flows through a sort or `top_k`). Their loss classes are
+`FunctionLoss`es (`keras_as_softmax.loss_wrapper`), as the AS-Softmax losses
+are. The thresholds are exact, sort-based ones. `keras.ops.sparsemax` is not used: in every Keras release
 up to 3.15.1 (the newest when this was written) it is wrong whenever more
 than one class is in the support (keras-team/keras#23425); the fix,
 keras-team/keras#23469, was merged on 2026-08-19, after 3.15.1, and no
@@ -32,17 +33,11 @@ import keras
 import numpy as np
 from keras import ops
 
-# Private in Keras (not in `keras.losses`): the base class of Keras's own
-# function-backed losses. (To move to `_keras_private`, with the others.)
-from keras.src.losses.losses import LossFunctionWrapper
-
-from keras_as_softmax._keras_private import get_keras_mask
-from keras_as_softmax._keras_private import in_symbolic_scope
-from keras_as_softmax._keras_private import reduce_weighted_values
 from keras_as_softmax._keras_private import set_keras_mask
-from keras_as_softmax.backend import known_values
+from keras_as_softmax.input_checks import sparse_inputs
+from keras_as_softmax.loss_wrapper import FunctionLoss
+from keras_as_softmax.loss_wrapper import and_masks
 
-_LOW_PRECISION_DTYPES = ("float16", "bfloat16")
 # Sparse-Softmax's k in the reference code (`bojone/SPACES`, `k_sparse = 10`).
 _DEFAULT_K = 10
 
@@ -179,47 +174,8 @@ def top_k_softmax_crossentropy(y_true, y_pred, k=_DEFAULT_K, ignore_class=None):
     return _finish(logits, losses, grad, valid, in_range)
 
 
-class _IntegerTargetLoss(LossFunctionWrapper):
-    """A `LossFunctionWrapper` whose `y_true` keeps its dtype.
-
-    `keras.losses.Loss.__call__` casts `y_true` to the loss dtype, which
-    would round class ids above 256 (bfloat16) or 2048 (float16); here they
-    stay integers. Sample weights, Keras masks and reductions are Keras's.
-    """
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        in_mask = get_keras_mask(y_pred)
-        with keras.name_scope(self.name):
-            y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
-            y_true = ops.convert_to_tensor(y_true)
-            losses = self.call(y_true, y_pred)
-            out_mask = get_keras_mask(losses)
-            if in_mask is not None and out_mask is not None:
-                mask = ops.logical_and(
-                    ops.cast(in_mask, "bool"), ops.cast(out_mask, "bool")
-                )
-            else:
-                mask = out_mask if in_mask is None else in_mask
-            return reduce_weighted_values(
-                losses,
-                sample_weight=sample_weight,
-                mask=mask,
-                reduction=self.reduction,
-                dtype=self.dtype,
-            )
-
-    def get_config(self):
-        config = keras.losses.Loss.get_config(self)
-        config["dtype"] = self.dtype
-        config.update(self._fn_kwargs)
-        return config
-
-    def __repr__(self):
-        return f"<{type(self).__name__}(kwargs={self._fn_kwargs})>"
-
-
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
-class SparsemaxLoss(_IntegerTargetLoss):
+class SparsemaxLoss(FunctionLoss):
     """Sparsemax loss (Martins & Astudillo 2016) for integer targets.
 
     See `sparsemax_loss`. Integer targets are not cast to the loss dtype.
@@ -253,11 +209,10 @@ class SparsemaxLoss(_IntegerTargetLoss):
             dtype=dtype,
             ignore_class=ignore_class,
         )
-        self.ignore_class = ignore_class
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
-class Entmax15Loss(_IntegerTargetLoss):
+class Entmax15Loss(FunctionLoss):
     """1.5-entmax Fenchel-Young loss (Peters et al. 2019) for integer targets.
 
     See `entmax15_loss`. Integer targets are not cast to the loss dtype.
@@ -292,11 +247,10 @@ class Entmax15Loss(_IntegerTargetLoss):
             dtype=dtype,
             ignore_class=ignore_class,
         )
-        self.ignore_class = ignore_class
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
-class TopKSoftmaxCrossentropy(_IntegerTargetLoss):
+class TopKSoftmaxCrossentropy(FunctionLoss):
     """Sparse-Softmax (Sun et al. 2021): cross-entropy over the top k logits.
 
     See `top_k_softmax_crossentropy`. Integer targets are not cast to the
@@ -338,8 +292,6 @@ class TopKSoftmaxCrossentropy(_IntegerTargetLoss):
             k=k,
             ignore_class=ignore_class,
         )
-        self.k = k
-        self.ignore_class = ignore_class
 
 
 def _validate_k(k):
@@ -360,91 +312,16 @@ def _validate_k(k):
 
 
 def _prepare(y_true, y_pred, ignore_class):
-    """Validates the inputs; returns `(targets, logits, valid, in_range)`.
-
-    `logits` are float32 or wider; `targets` int32, 0 where ignored or out
-    of range so that gathers stay in bounds; `valid` is None without
-    `ignore_class`, else where the target is not `ignore_class`; `in_range`
-    is where the ids are whole numbers in `[0, C)`.
-    """
-    logits = ops.convert_to_tensor(y_pred)
-    dtype = keras.backend.standardize_dtype(logits.dtype)
-    if "float" not in dtype:
-        raise TypeError(
-            f"`y_pred` must hold floating-point logits; received dtype {dtype}."
-        )
-    if len(logits.shape) < 1:
-        raise ValueError("`y_pred` must have a class axis; received a scalar.")
-    if dtype in _LOW_PRECISION_DTYPES:
-        logits = ops.cast(logits, "float32")
-    targets = ops.convert_to_tensor(y_true)
-    if isinstance(targets, keras.KerasTensor) or in_symbolic_scope():
-        # Keras's symbolic builds may hand placeholder targets as floats.
-        targets = ops.cast(targets, "int32")
-    target_dtype = keras.backend.standardize_dtype(targets.dtype)
-    if "int" not in target_dtype and "float" not in target_dtype:
-        raise TypeError(
-            "`y_true` must hold class ids as integers (or floats that are "
-            f"whole numbers); received dtype {target_dtype}."
-        )
-    if len(targets.shape) == len(logits.shape) and targets.shape[-1] == 1:
-        targets = ops.squeeze(targets, axis=-1)
-    expected = tuple(logits.shape[:-1])
-    if len(targets.shape) != len(expected) or not all(
-        a is None or b is None or a == b for a, b in zip(targets.shape, expected)
-    ):
-        raise ValueError(
-            "`y_true` must hold one class id per position of `y_pred` (the "
-            f"shape of `y_pred` without its class axis, {expected}); received "
-            f"y_true.shape={tuple(targets.shape)} and "
-            f"y_pred.shape={tuple(logits.shape)}."
-        )
-    num_classes = logits.shape[-1]
-    _check_known_ids(targets, num_classes, ignore_class)
-    valid = None
-    if ignore_class is not None:
-        valid = ops.not_equal(targets, ignore_class)
-        targets = ops.where(valid, targets, 0)
-        # Ignored positions may hold anything (even -inf): keep them finite.
-        logits = ops.where(ops.expand_dims(valid, -1), logits, 0.0)
-    in_range = ops.logical_and(
-        ops.greater_equal(targets, 0), ops.less(targets, ops.shape(logits)[-1])
+    """Checks the inputs; returns `(targets, logits, valid, in_range)` as
+    `input_checks.sparse_inputs` does, logits with the classes last."""
+    return sparse_inputs(
+        y_true,
+        y_pred,
+        ignore_class,
+        requirement="hold floating-point logits",
+        hint=" These losses take class ids only: for one-hot targets pass "
+        "their argmax.",
     )
-    if "float" in target_dtype:
-        in_range = ops.logical_and(in_range, ops.equal(targets, ops.floor(targets)))
-    targets = ops.cast(ops.where(in_range, targets, 0), "int32")
-    return targets, logits, valid, in_range
-
-
-def _check_known_ids(targets, num_classes, ignore_class):
-    """Raises for ids that are not whole numbers in `[0, C)`, when the
-    values are known now (eagerly); a traced step gets a NaN loss instead."""
-    if (
-        num_classes is None
-        or isinstance(targets, keras.KerasTensor)
-        or in_symbolic_scope()
-    ):
-        return
-    ids = known_values(targets)
-    if ids is None:
-        return
-    if ignore_class is not None:
-        ids = ids[ids != ignore_class]
-    whole = np.isfinite(ids) & (np.floor(ids) == ids)
-    if not whole.all():
-        raise ValueError(
-            f"`y_true` holds {ids[~whole].flat[0]}, which is not a class id: "
-            "class ids must be whole numbers."
-        )
-    outside = ids[(ids < 0) | (ids >= num_classes)]
-    if outside.size:
-        bad = outside.flat[0].item()
-        bad = int(bad) if float(bad).is_integer() else bad
-        raise ValueError(
-            f"`y_true` holds class id {bad}, outside [0, {num_classes}) for "
-            f"`y_pred` with {num_classes} classes. If it marks padding, pass "
-            f"`ignore_class={bad}` to the loss."
-        )
 
 
 def _shifted(z):
@@ -498,12 +375,15 @@ def _one_hot(targets, z):
 def _finish(logits, losses, grad, valid, in_range):
     """The per-position `losses` with gradient `grad` on `logits`.
 
-    Out-of-range ids (seen only in a traced step) get a NaN loss and no
-    gradient; ignored positions get loss 0, no gradient and a Keras mask.
+    Out-of-range ids (seen only in a traced step, where `in_range` is not
+    None) get a NaN loss and no gradient; ignored positions get loss 0, no
+    gradient and a Keras mask.
     """
-    counted = in_range if valid is None else ops.logical_and(in_range, valid)
-    grad = ops.where(ops.expand_dims(counted, -1), grad, 0.0)
-    losses = ops.where(in_range, losses, np.nan)
+    counted = and_masks(in_range, valid)
+    if counted is not None:
+        grad = ops.where(ops.expand_dims(counted, -1), grad, 0.0)
+    if in_range is not None:
+        losses = ops.where(in_range, losses, np.nan)
     if valid is not None:
         losses = ops.where(valid, losses, 0.0)
     if not isinstance(logits, keras.KerasTensor):

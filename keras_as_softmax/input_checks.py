@@ -13,6 +13,8 @@ from keras_as_softmax._keras_private import in_symbolic_scope
 from keras_as_softmax.backend import known_values
 
 _LOW_PRECISION_DTYPES = ("float16", "bfloat16")
+# What a shape-mismatch error of the sparse AS-Softmax loss suggests.
+_ONE_HOT_HINT = " For one-hot targets use `as_softmax_crossentropy`."
 
 
 def validate_delta(delta, allow_tensor=True):
@@ -66,12 +68,14 @@ def validate_delta(delta, allow_tensor=True):
     return float(delta)
 
 
-def float_predictions(y_pred, axis=-1):
+def float_predictions(y_pred, axis=-1, requirement="be floating point"):
     """Checks `y_pred` and returns it as float32 or wider, classes last.
 
     Args:
         y_pred: Logits or probabilities with the classes along `axis`.
         axis: The class axis.
+        requirement: What the `TypeError` for another dtype says `y_pred`
+            must do, e.g. "hold floating-point logits".
 
     Returns:
         `y_pred` as a tensor, float16 and bfloat16 cast to float32, with the
@@ -87,7 +91,7 @@ def float_predictions(y_pred, axis=-1):
     dtype = keras.backend.standardize_dtype(y_pred.dtype)
     if "float" not in dtype:
         raise TypeError(
-            f"`y_pred` must be floating point; received dtype {dtype}."
+            f"`y_pred` must {requirement}; received dtype {dtype}."
         )
     rank = len(y_pred.shape)
     if rank < 1:
@@ -99,7 +103,7 @@ def float_predictions(y_pred, axis=-1):
     return ops.moveaxis(y_pred, axis, -1)
 
 
-def sparse_targets(y_true, y_pred, axis=-1):
+def sparse_targets(y_true, y_pred, axis=-1, hint=_ONE_HOT_HINT):
     """Checks class ids for `y_pred` and returns them, one per position.
 
     As in Keras, `y_true` may have a size-1 axis where `y_pred` has its
@@ -109,6 +113,8 @@ def sparse_targets(y_true, y_pred, axis=-1):
         y_true: Class ids, as integers or as floats that are whole numbers.
         y_pred: The predictions, a tensor with the classes along `axis`.
         axis: The class axis of `y_pred`.
+        hint: What the shape-mismatch error suggests after its message
+            (by default, the AS-Softmax loss for one-hot targets).
 
     Returns:
         `y_true` as a tensor of its own dtype (int32 inside Keras's symbolic
@@ -139,10 +145,71 @@ def sparse_targets(y_true, y_pred, axis=-1):
         raise ValueError(
             "`y_true` must hold one class id per position of `y_pred`, shape "
             f"{tuple(expected)}; received y_true.shape={tuple(targets.shape)} "
-            f"and y_pred.shape={tuple(y_pred.shape)}. For one-hot targets use "
-            "`as_softmax_crossentropy`."
+            f"and y_pred.shape={tuple(y_pred.shape)}.{hint}"
         )
     return targets
+
+
+def sparse_inputs(
+    y_true,
+    y_pred,
+    ignore_class=None,
+    axis=-1,
+    filler=0.0,
+    requirement="be floating point",
+    hint=_ONE_HOT_HINT,
+):
+    """Checks class ids and predictions; returns them ready to gather.
+
+    Args:
+        y_true: Class ids, as for `sparse_targets`.
+        y_pred: Predictions with the classes along `axis`.
+        ignore_class: Optional class id (e.g. padding) left out.
+        axis: The class axis of `y_pred`.
+        filler: The value that ignored positions' predictions get, so that
+            they stay finite whatever they held (even -inf).
+        requirement: As for `float_predictions`.
+        hint: As for `sparse_targets`.
+
+    Returns:
+        A tuple `(targets, scores, valid, in_range)`: `targets` the int32
+        class ids, 0 where ignored or out of range so that gathers stay in
+        bounds; `scores` as `float_predictions` returns them; `valid` None
+        without `ignore_class`, else where the targets are not
+        `ignore_class`; `in_range` None where the ids were checked (their
+        values are known), else where the ids are whole numbers in `[0, C)`.
+
+    Example:
+
+    >>> targets, scores, valid, in_range = sparse_inputs(
+    ...     [2, -100], np.zeros((2, 3), "float16"), ignore_class=-100)
+    >>> keras.ops.convert_to_numpy(targets).tolist(), in_range is None
+    ([2, 0], True)
+    >>> keras.ops.convert_to_numpy(valid).tolist()
+    [True, False]
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    scores = float_predictions(y_pred, axis, requirement)
+    targets = sparse_targets(y_true, y_pred, axis, hint)
+    checked = check_class_ids(targets, scores.shape[-1], ignore_class)
+    valid = None
+    if ignore_class is not None:
+        valid = ops.not_equal(targets, ignore_class)
+        targets = ops.where(valid, targets, 0)
+        scores = ops.where(ops.expand_dims(valid, -1), scores, filler)
+    in_range = None
+    if not checked:
+        # Compared before any cast, so float ids are never rounded or wrapped.
+        in_range = ops.logical_and(
+            ops.greater_equal(targets, 0),
+            ops.less(targets, ops.shape(scores)[-1]),
+        )
+        if "float" in keras.backend.standardize_dtype(targets.dtype):
+            in_range = ops.logical_and(
+                in_range, ops.equal(targets, ops.floor(targets))
+            )
+        targets = ops.where(in_range, targets, 0)
+    return ops.cast(targets, "int32"), scores, valid, in_range
 
 
 def check_class_ids(targets, num_classes, ignore_class=None):

@@ -2,9 +2,8 @@
 # Runs the test suite once per Keras backend; fails if any backend fails.
 # The three backends run side by side, each in its own process with its own
 # log, printed when all are done: most of a run is single-threaded tracing
-# and compiling, so two cores keep three runs busy. On the project's 2-core
-# machine the whole run takes about 33 minutes, the time of the slowest
-# backend (PyTorch). TEST_SEQUENTIAL=1 runs them one after another.
+# and compiling, so two cores keep three runs busy (README.md gives the
+# measured times of both tiers). TEST_SEQUENTIAL=1 runs them one after another.
 # --fast leaves out the tests marked slow (subprocess runs of the examples,
 # benchmarks and scripts, keras-hub models, long training): the unit tests of
 # every backend, for the edit-test loop.

@@ -1,0 +1,130 @@
+"""The base class of this package's losses: a loss function as a `Loss`.
+
+As Keras's `LossFunctionWrapper` (private in Keras), a `FunctionLoss` is a
+loss function with keyword arguments, which are also its config. Unlike
+Keras's base `Loss`, `y_true` is never cast to the loss dtype, so class ids
+stay exact under float16/bfloat16 (which would round ids above 2048 or 256),
+and per-sample weights `(B,)` broadcast over per-token losses `(B, T)` even
+with a Keras mask.
+"""
+
+import keras
+from keras import ops
+
+from keras_as_softmax._keras_private import get_keras_mask
+from keras_as_softmax._keras_private import reduce_weighted_values
+from keras_as_softmax.input_checks import align_weights
+
+
+class FunctionLoss(keras.losses.Loss):
+    """Wraps `fn(y_true, y_pred, **kwargs)` into a `Loss`.
+
+    Each keyword argument is an attribute of the loss and part of its
+    config. `fn` returns the per-position losses, with a Keras mask where
+    positions are ignored; Keras's reductions, sample weights and masks
+    apply to them.
+
+    Weights of shape `(B,)` or `(B, 1)` over `(B, T)` losses weigh each
+    position of their sample. Without a mask, `mean_with_sample_weight`
+    divides by their sum as Keras does, once per sample, unless the class
+    sets `weights_fill_losses` (then once per position, as with a mask).
+
+    Args:
+        fn: The loss function.
+        reduction, name, dtype: As in `keras.losses.Loss`.
+        **kwargs: The keyword arguments of `fn`.
+
+    Example:
+
+    >>> def squared_error(y_true, y_pred, scale=1.0):
+    ...     y_true = keras.ops.convert_to_tensor(y_true)  # As given.
+    ...     return scale * keras.ops.mean((y_true - y_pred) ** 2, axis=-1)
+    >>> loss_fn = FunctionLoss(squared_error, name="squared", scale=2.0)
+    >>> loss_fn.scale, loss_fn.get_config()["scale"]
+    (2.0, 2.0)
+    >>> round(float(loss_fn([[0.0, 1.0]], [[1.0, 1.0]])), 4)
+    1.0
+    """
+
+    weights_fill_losses = False
+
+    def __init__(
+        self,
+        fn,
+        reduction="sum_over_batch_size",
+        name=None,
+        dtype=None,
+        **kwargs,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.fn = fn
+        self._fn_arg_names = tuple(kwargs)
+        for arg_name, value in kwargs.items():
+            setattr(self, arg_name, value)
+
+    def _fn_arguments(self):
+        return {arg_name: getattr(self, arg_name) for arg_name in self._fn_arg_names}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dtype": self.dtype,
+            **self._fn_arguments(),
+        }
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred, **self._fn_arguments())
+
+    def _losses_and_flags(self, y_true, y_pred):
+        """`(losses, flags)`: `call`'s losses and, for `_seen`, anything
+        else their computation gives (None here)."""
+        return self.call(y_true, y_pred), None
+
+    def _seen(self, flags, losses, mask, sample_weight):
+        """Called by `__call__` with each call's flags, losses, mask and
+        aligned weights, before the reduction; does nothing here."""
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # `keras.losses.Loss.__call__`, except that `y_true` keeps its dtype
+        # and weights get the losses' shape.
+        in_mask = get_keras_mask(y_pred)
+        with keras.name_scope(self.name):
+            y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+            losses, flags = self._losses_and_flags(y_true, y_pred)
+            mask = and_masks(in_mask, get_keras_mask(losses))
+            if sample_weight is not None:
+                # Keras cannot broadcast (B,) weights over (B, T) losses, nor
+                # weights over a mask on every backend: give them the losses'
+                # rank, and their shape where a mask needs it.
+                sample_weight = ops.cast(
+                    align_weights(sample_weight, losses), losses.dtype
+                )
+                if mask is not None or self.weights_fill_losses:
+                    sample_weight = ops.multiply(
+                        sample_weight, ops.ones_like(losses)
+                    )
+            self._seen(flags, losses, mask, sample_weight)
+            return reduce_weighted_values(
+                losses,
+                sample_weight=sample_weight,
+                mask=mask,
+                reduction=self.reduction,
+                dtype=self.dtype,
+            )
+
+
+def and_masks(mask, other):
+    """The logical and of two optional boolean masks.
+
+    Example:
+
+    >>> and_masks(None, None) is None
+    True
+    >>> mask = and_masks(keras.ops.convert_to_tensor([True, True]),
+    ...                  keras.ops.convert_to_tensor([1.0, 0.0]))
+    >>> keras.ops.convert_to_numpy(mask).tolist()
+    [True, False]
+    """
+    if mask is None or other is None:
+        return other if mask is None else mask
+    return ops.logical_and(ops.cast(mask, "bool"), ops.cast(other, "bool"))
