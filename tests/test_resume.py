@@ -158,6 +158,7 @@ def training_state(model):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES[:2])
 def test_batch_backup_holds_the_exact_mid_window_state(mode, tmp_path):
     # Every batch backed up; the last backup before the crash is batch 1 of

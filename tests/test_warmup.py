@@ -73,6 +73,7 @@ def test_warmup_fraction_of_all_batches():
     )
 
 
+@pytest.mark.slow
 def test_several_as_losses_in_a_dict(tmp_path):
     inputs = keras.Input((8,))
     hidden = keras.layers.Dense(16, activation="relu")(inputs)
