@@ -9,6 +9,8 @@ table gives the median time per batch and the ratio to the plain model
 measured in the same run.
 
     KERAS_BACKEND=jax python -m benchmarks.adaptive_overhead [--quick]
+
+`--quick` (256 samples, one timed epoch, the MLP only) is a smoke test.
 """
 
 import argparse
@@ -87,7 +89,9 @@ def main():
         f"batch {args.batch_size}, {num_samples} samples, jit_compile=True"
     )
     print(f"{'model':<6} {'configuration':<28} {'ms/batch':>9} {'ratio':>7}")
-    for architecture in ("mlp", "cnn"):
+    # The quick mode (a test of this script) leaves out the CNN: compiling
+    # its steps takes most of a quick run on PyTorch.
+    for architecture in ("mlp",) if args.quick else ("mlp", "cnn"):
         x = data[architecture]
         configurations = [
             ("keras.Model", build("plain", architecture)),

@@ -34,9 +34,18 @@ def run_quick(module, *args):
 def test_adaptive_overhead_quick():
     output = run_quick("adaptive_overhead")
     assert f"backend {keras.backend.backend()}" in output
-    rows = [line.split() for line in output.splitlines() if "AdaptiveModel" in line]
-    assert len(rows) == 4  # Two models, two AdaptiveModel settings each.
-    assert all(float(row[-1]) > 0 for row in rows)
+    rows = [line.split() for line in output.splitlines() if line.startswith("mlp ")]
+    # The baseline, then window 1 and a maximum window of 2; the ratio is
+    # the time per batch over the baseline's.
+    assert [" ".join(row[1:-2]) for row in rows] == [
+        "keras.Model", "AdaptiveModel, window 1", "AdaptiveModel, max window 2"
+    ]
+    baseline_ms = float(rows[0][-2])
+    for row in rows:
+        ms, ratio = float(row[-2]), float(row[-1])
+        assert ms > 0
+        assert ratio == pytest.approx(ms / baseline_ms, rel=0.005, abs=0.002)  # Rounded.
+    assert rows[0][-1] == "1.000"
 
 
 @pytest.mark.slow

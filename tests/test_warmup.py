@@ -104,7 +104,7 @@ def test_several_as_losses_in_a_dict(tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0)["classes"], model.predict(x, verbose=0)["classes"],
-        rtol=1e-6,
+        rtol=1e-6, atol=1e-6,
     )
 
 
