@@ -6,7 +6,20 @@ import numpy as np
 import pytest
 from keras import ops
 
-JIT = pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+# `jit_compile=False` and `True`. torch.compile takes 5-20 s per model on the
+# 2-core machine, so on PyTorch the compiled case is in the full suite only
+# (tests of the compiled losses themselves, `*_compiled`, stay in the fast
+# tier).
+JIT = pytest.mark.parametrize(
+    "jit_compile",
+    [
+        pytest.param(False, id="eager"),
+        pytest.param(
+            True, id="jit",
+            marks=[pytest.mark.slow] if keras.backend.backend() == "torch" else [],
+        ),
+    ],
+)
 
 
 def to_numpy(x):

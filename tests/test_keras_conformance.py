@@ -14,6 +14,7 @@ from keras_as_softmax import ASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import sparse_as_softmax_crossentropy
 from tests import reference
+from tests.helpers import JIT
 from tests.helpers import to_numpy
 from tests.helpers import value_and_grad
 
@@ -347,7 +348,7 @@ def test_reductions_and_weights_match_keras(reduction):
         )
 
 
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+@JIT
 def test_float_class_ids_in_fit(jit_compile):
     # Labels read from a CSV or pandas arrive as floats: training on them is
     # training on the integer ids, eager and compiled.

@@ -10,6 +10,7 @@ from keras_as_softmax import multilabel_as_softmax_crossentropy
 from keras_as_softmax import multilabel_as_softmax_mask
 from keras_as_softmax._keras_private import set_keras_mask
 from tests import reference
+from tests.helpers import JIT
 from tests.helpers import value_and_grad
 from tests.helpers import to_numpy
 
@@ -244,7 +245,7 @@ def multilabel_data(num_samples=512, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+@JIT
 def test_fit_learns_and_saves(jit_compile, tmp_path):
     x, y = multilabel_data()
     keras.utils.set_random_seed(0)

@@ -20,12 +20,12 @@ from keras_as_softmax import DeltaWarmup
 from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 from tests import reference
+from tests.helpers import JIT
 
 BACKEND = keras.backend.backend()
-JIT_EVERYWHERE = pytest.mark.parametrize(
-    "jit_compile", [False, True], ids=["eager", "jit"]
-)
-JIT = pytest.mark.parametrize(
+# The mixed-precision training runs compile on TensorFlow and JAX only (the
+# compiled PyTorch case is `test_large_class_ids_stay_exact_in_adaptive_model`).
+JIT_BUT_TORCH = pytest.mark.parametrize(
     "jit_compile",
     [pytest.param(False, id="eager")]
     + ([] if BACKEND == "torch" else [pytest.param(True, id="jit")]),
@@ -47,7 +47,7 @@ def finite(values):
 
 
 @pytest.mark.slow
-@JIT
+@JIT_BUT_TORCH
 def test_every_loss_with_warmup_trains(policy, jit_compile):
     # One model, a head per AS loss, and the warm-up moving all three deltas.
     rng = np.random.default_rng(0)
@@ -206,7 +206,7 @@ def test_large_ids_would_round_in_the_compute_dtype(policy):
 
 
 @pytest.mark.slow
-@JIT
+@JIT_BUT_TORCH
 @pytest.mark.parametrize("loss_dtype", ["default", "compute"])
 def test_large_class_ids_stay_exact_in_fit_and_evaluate(policy, loss_dtype, jit_compile):
     dtype = COMPUTE_DTYPES[policy] if loss_dtype == "compute" else None
@@ -232,7 +232,7 @@ def test_large_class_ids_stay_exact_in_fit_and_evaluate(policy, loss_dtype, jit_
 
 
 @pytest.mark.slow
-@JIT_EVERYWHERE
+@JIT
 def test_large_class_ids_stay_exact_in_adaptive_model(policy, jit_compile):
     # With delta 0.1 every sample is masked at its true id and none at a
     # rounded one: the masked ratio and the window show which ids were used.

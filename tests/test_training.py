@@ -8,6 +8,7 @@ from keras_as_softmax import ASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import sparse_as_softmax_mask
 from tests import reference
+from tests.helpers import JIT
 
 NUM_CLASSES = 5
 
@@ -31,7 +32,7 @@ def classifier(seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+@JIT
 @pytest.mark.parametrize("one_hot", [False, True], ids=["sparse", "one_hot"])
 def test_fit_learns(jit_compile, one_hot):
     x, y = classification_data()
@@ -78,7 +79,7 @@ def token_data(num_samples=64, length=12, vocabulary=30, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+@JIT
 def test_token_model_with_keras_mask_and_ignore_class(jit_compile):
     tokens, targets, valid = token_data()
     keras.utils.set_random_seed(0)

@@ -8,6 +8,7 @@ from keras_as_softmax import DeltaWarmup
 from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 from tests import reference
+from tests.helpers import JIT
 
 
 def frozen_model_and_data(seed=0):
@@ -29,7 +30,7 @@ def frozen_model_and_data(seed=0):
     return model, x, y.astype("int32")
 
 
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+@JIT
 def test_delta_moves_inside_fit(jit_compile):
     model, x, y = frozen_model_and_data()
     loss = SparseASSoftmaxCrossentropy(delta=0.1)
@@ -130,7 +131,7 @@ def test_bad_arguments(kwargs, error, message):
         DeltaWarmup(**kwargs)
 
 
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+@JIT
 def test_later_fits_see_their_own_delta(jit_compile):
     model, x, y = frozen_model_and_data()
     loss = SparseASSoftmaxCrossentropy(delta=0.1)
