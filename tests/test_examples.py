@@ -3,7 +3,9 @@ their table and plot.
 
 Each script is run as a user runs it (`python -m examples.NAME` or `python
 -m benchmarks.compare` from the repository root, a subprocess with `--quick`
-and `--backend`), on a tiny slice on the CPU. Nothing about speed is
+and `--backend`), on a tiny slice on the CPU (`--train-size` makes the
+larger examples' slices smaller still: their runs were most of the full
+suite's time). Nothing about speed is
 asserted, only that the table's columns agree with each other and with the
 run.
 """
@@ -195,25 +197,25 @@ def test_main_job_rejects_bad_delta(tmp_path):
 
 @pytest.mark.slow
 def test_fashion_mnist_quick(tmp_path):
-    result, plot = run_example("examples.fashion_mnist", tmp_path)
-    check_comparison(result, plot, FOUR_METHODS, num_train=2000, batch_size=128)
+    result, plot = run_example("examples.fashion_mnist", tmp_path, "--train-size", "1024")
+    check_comparison(result, plot, FOUR_METHODS, num_train=1024, batch_size=128)
     check_own_run(result, "accuracy")
 
 
 @pytest.mark.slow
 def test_wordnet_text_quick(tmp_path):
-    result, plot = run_example("examples.wordnet_text", tmp_path)
-    check_comparison(result, plot, FOUR_METHODS, num_train=8000, batch_size=128)
+    result, plot = run_example("examples.wordnet_text", tmp_path, "--train-size", "2000")
+    check_comparison(result, plot, FOUR_METHODS, num_train=2000, batch_size=128)
     check_own_run(result, "accuracy")
 
 
 @pytest.mark.slow
 def test_multilabel_quick(tmp_path):
-    result, plot = run_example("examples.multilabel", tmp_path)
+    result, plot = run_example("examples.multilabel", tmp_path, "--train-size", "2000")
     check_comparison(
         result, plot,
         ["binary CE", "multi-label CE", *FOUR_METHODS[1:]],
-        num_train=6000, batch_size=128,
+        num_train=2000, batch_size=128,
     )
     assert "best val_f1" in result.stdout
     check_own_run(result, "micro F1")
@@ -221,8 +223,8 @@ def test_multilabel_quick(tmp_path):
 
 @pytest.mark.slow
 def test_token_spelling_quick(tmp_path):
-    result, plot = run_example("examples.token_spelling", tmp_path)
-    check_comparison(result, plot, FOUR_METHODS, num_train=2048, batch_size=32)
+    result, plot = run_example("examples.token_spelling", tmp_path, "--train-size", "1024")
+    check_comparison(result, plot, FOUR_METHODS, num_train=1024, batch_size=32)
     check_own_run(result, "token accuracy")
 
 
