@@ -29,11 +29,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 @pytest.fixture(autouse=True)
 def fresh_keras_session():
     """Each test starts from Keras's initial global state, as in Keras's own
-    `TestCase`: on TensorFlow, state left by earlier tests slowed later ones
-    down (a `BackupAndRestore` test took 8x longer after the rest of its
-    file). Not on PyTorch, where `clear_session` also drops what
-    `torch.compile` compiled (tests that need that call
-    `reset_compiled_functions`) and its compiled tests took twice as long;
-    no garbage collection (it cost more than it saved)."""
+    `TestCase`: state left by earlier tests slowed later ones down. Not on
+    PyTorch, where `clear_session` also drops what `torch.compile` compiled
+    (tests that need that call `reset_compiled_functions`), which slowed the
+    compiled tests; no garbage collection, which cost more than it saved."""
     if keras.backend.backend() != "torch":
         keras.backend.clear_session(free_memory=False)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-# `jit_compile=False` and `True`. torch.compile takes 5-20 s per model on the
-# 2-core machine, so on PyTorch the compiled case is in the full suite only
-# (tests of the compiled losses themselves, `*_compiled`, stay in the fast
-# tier).
+# `jit_compile=False` and `True`. torch.compile takes far longer per model
+# than the test's training, so on PyTorch the compiled case is in the full
+# suite only (tests of the compiled losses themselves, `*_compiled`, stay in
+# the fast tier).
 JIT = pytest.mark.parametrize(
     "jit_compile",
     [
