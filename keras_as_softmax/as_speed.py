@@ -29,13 +29,13 @@ from keras_as_softmax._keras_private import untrack
 from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import count_masked
 from keras_as_softmax.backend import AdaptiveTrainer
+from keras_as_softmax.backend import branch_value
 from keras_as_softmax.backend import sum_across_replicas
 from keras_as_softmax.saving import compile_from_saved_config
 from keras_as_softmax.skipping import SubBatch
 from keras_as_softmax.skipping import TrainingPass
 from keras_as_softmax.skipping import ladder
 from keras_as_softmax.skipping import needs_backward
-from keras_as_softmax.skipping import run_branch
 from keras_as_softmax.skipping import run_cond
 from keras_as_softmax.skipping import use_selection
 
@@ -259,39 +259,36 @@ class AdaptiveModel(AdaptiveTrainer):
         Args:
             x: The batch's inputs.
             selection_due: Boolean scalar, whether the last batch left few
-                enough samples with a gradient for a selection pass to pay.
+                enough samples with a gradient for a selection pass to pay
+                (read when `branch` is None).
             select: `select() -> SubBatch`: the selection pass (the
                 backend's: the model without gradient, in inference mode,
                 then `_sub_batch`).
             run_pass: `run_pass(training_pass)`, the backend's forward and
                 backward pass for a `skipping.TrainingPass`.
-            branch: None to choose the pass here; else the index of the
-                ladder's pass chosen beforehand (`select` then returns the
-                `SubBatch` it was chosen from).
+            branch: The index in `ladder(B)` of the pass that a compiled
+                step runs, chosen beforehand by `skipping.PassChooser` (0:
+                the whole batch; `select` then returns the `SubBatch` it
+                was chosen from); None in a step that runs eagerly, which
+                chooses here, with a sub-batch of exactly the samples that
+                need a backward pass.
 
         Returns:
             What `run_pass` returns.
         """
         batch_size = ops.shape(next(i for i in tree.flatten(x) if i is not None))[0]
-        whole_batch = lambda: run_pass(TrainingPass(batch_size))  # noqa: E731
         if not self.skip_masked or branch == 0:
-            return whole_batch()
-
-        def selective():
-            sub_batch = select()
-            branches = [whole_batch]
-            branches += [
-                lambda size=size: run_pass(TrainingPass(batch_size, sub_batch, size))
-                for size in ladder(batch_size)[1:]
-            ]
-            branches += [lambda: run_pass(TrainingPass(batch_size, sub_batch))]
-            if branch is not None:
-                return branches[branch]()
-            return run_branch(sub_batch.branch, branches)
-
+            return run_pass(TrainingPass(batch_size))
         if branch is not None:
-            return selective()
-        return run_cond(selection_due, selective, whole_batch)
+            sizes = ladder(batch_size)[1:] + [None]
+            return run_pass(TrainingPass(batch_size, select(), sizes[branch - 1]))
+        if not branch_value(selection_due):
+            return run_pass(TrainingPass(batch_size))
+        sub_batch = select()
+        num_needed = int(branch_value(sub_batch.num_needed))
+        if num_needed == batch_size:
+            return run_pass(TrainingPass(batch_size))
+        return run_pass(TrainingPass(batch_size, sub_batch, num_needed or None))
 
     def _accumulate_or_update(self, grads, cond=run_cond):
         """`GradientAccumulator.accumulate_or_update` for the stateful

@@ -5,16 +5,16 @@ backward pass is wasted work. With `AdaptiveModel(skip_masked=True)` a
 training step first runs the model without gradients over the batch (the
 *selection pass*, in inference mode), reads from the loss which samples still
 need a backward pass, and then runs forward and backward on those samples
-only, gathered into the smallest sub-batch of a fixed ladder of sizes
-`B, B/2, ..., B/32` (padded with masked samples; a batch with nothing to
-learn runs no backward pass at all). The sub-batch's predictions are merged
-back into the selection pass's, so that the loss, its reduction, sample
-weights and regularisers are those of the whole batch and the gradient
-equals AS-Softmax's gradient of the whole batch.
+only (a batch with nothing to learn runs no backward pass at all). The
+sub-batch's predictions are merged back into the selection pass's, so that
+the loss, its reduction, sample weights and regularisers are those of the
+whole batch and the gradient equals AS-Softmax's gradient of the whole batch.
 
-The ladder keeps shapes static, so that the step compiles: one branch per
-size, chosen with `ops.switch` (on JAX with `jit_compile`, on the host
-between jitted steps: see `keras_as_softmax.backend.jax`).
+A step that runs eagerly (PyTorch, `run_eagerly=True`) takes exactly the
+samples that need a backward pass. A compiled step needs static shapes: it
+takes the smallest sub-batch of a fixed ladder of sizes `B, B/2, ..., B/32`
+that holds them (padded with masked samples), and `PassChooser` chooses that
+size on the host, between one compiled step per size.
 """
 
 from keras import ops
@@ -120,6 +120,11 @@ class SubBatch:
         # Where each needed row sits in the sub-batch.
         self._positions = ops.cumsum(needed) - 1
 
+    @property
+    def counts(self):
+        """int32 `[branch, num_needed]`, for `PassChooser`."""
+        return ops.stack([ops.cast(self.branch, "int32"), self.num_needed])
+
     def predictions(self, call, x, size):
         """The batch's predictions for a pass over `size` rows.
 
@@ -194,20 +199,72 @@ def _with_mask_of(source, tensor):
     return tensor
 
 
-def run_branch(index, branches):
-    """`branches[index]()`: in Python where the backend branches in Python
-    (PyTorch, eager steps: an untraced JAX `lax.switch` would compile every
-    branch at every call), else with `ops.switch`.
+class PassChooser:
+    """Chooses a compiled skipping step's pass on the host.
 
-    Example:
+    A compiled step cannot branch on data without compiling every branch into
+    itself, and XLA on CPU runs a network's forward and backward pass several
+    times slower inside a conditional than outside (see the README). So the
+    trainer compiles a selection pass and one training step per size of the
+    ladder (each when first used), and this calls them in Python, with one
+    host synchronisation per step: the selection's counts when the step runs
+    one, else the whole-batch step's count of samples that needed a backward
+    pass; either decides whether the next step runs a selection pass.
 
-    >>> run_branch(keras.ops.convert_to_tensor(1), [lambda: "a", lambda: "b"])
-    'b'
+    Args:
+        select: `select(*args) -> (needs, selection_pred, counts)`, the
+            compiled selection pass; `counts` is int32 `[branch, needed]`:
+            the index in `ladder(B)` of the sub-batch that holds the samples
+            that need a backward pass, and their number.
+        compile_step: `compile_step(branch)`, the compiled training step for
+            that index (0: the whole batch), called as
+            `step(*args, selection)` with `selection` `(needs,
+            selection_pred)`, or None for the whole batch.
+        read_counts: `read_counts(args, outputs)`, the last training batch's
+            `(needed, samples)`: from the state in `args` (`outputs` None:
+            the first step since `reset`), else from a whole-batch step's
+            `outputs`.
     """
-    value = backend.branch_value(index)
-    if value is not None:
-        return branches[int(value)]()
-    return ops.switch(index, branches)
+
+    def __init__(self, select, compile_step, read_counts):
+        self._select = select
+        self._compile_step = compile_step
+        self._read_counts = read_counts
+        self._steps = {}
+        self.reset()
+
+    def reset(self):
+        """Reads the choice of the next step from the state (e.g. when `fit`
+        starts: the weights or the state may have been loaded since)."""
+        self._selection_due = None
+
+    def __call__(self, *args):
+        if self._selection_due is None:
+            self._selection_due = self._due(*self._fetch(self._read_counts(args, None)))
+        selection, branch, selected = None, 0, self._selection_due
+        if selected:
+            needs, selection_pred, counts = self._select(*args)
+            branch, num_needed = self._fetch(counts).tolist()
+            self._selection_due = self._due(num_needed, needs.shape[0])
+            if branch > 0:
+                selection = (needs, selection_pred)
+        if branch not in self._steps:
+            self._steps[branch] = self._compile_step(branch)
+        outputs = self._steps[branch](*args, selection)
+        if not selected:
+            self._selection_due = self._due(*self._fetch(self._read_counts(args, outputs)))
+        return outputs
+
+    @staticmethod
+    def _fetch(values):
+        """`values` on the host: the host synchronisation, once per step
+        (and once more at the first step after `reset`)."""
+        return ops.convert_to_numpy(ops.stack(values) if isinstance(values, tuple) else values)
+
+    @staticmethod
+    def _due(num_needed, num_samples):
+        # `use_selection`, on the host.
+        return bool(num_needed <= SELECTION_THRESHOLD * num_samples)
 
 
 def run_cond(condition, true_fn, false_fn, operands=()):

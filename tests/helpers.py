@@ -7,17 +7,21 @@ import pytest
 from keras import ops
 
 # `jit_compile=False` and `True`. torch.compile takes far longer per model
-# than the test's training, so on PyTorch the compiled case is in the full
-# suite only (tests of the compiled losses themselves, `*_compiled`, stay in
-# the fast tier).
+# than the test's training, and an eager JAX step dispatches every operation
+# on its own (its eager cases were the slowest tests of the JAX fast tier), so
+# those two cases are in the full suite only: each backend's fast tier trains
+# in the mode its users get by default (tests of the compiled losses
+# themselves, `*_compiled`, stay in the fast tier).
+_FULL_SUITE_ONLY = {"torch": True, "jax": False}.get(keras.backend.backend())
 JIT = pytest.mark.parametrize(
     "jit_compile",
     [
-        pytest.param(False, id="eager"),
         pytest.param(
-            True, id="jit",
-            marks=[pytest.mark.slow] if keras.backend.backend() == "torch" else [],
-        ),
+            jit_compile,
+            id="jit" if jit_compile else "eager",
+            marks=[pytest.mark.slow] if jit_compile is _FULL_SUITE_ONLY else [],
+        )
+        for jit_compile in (False, True)
     ],
 )
 

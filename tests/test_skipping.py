@@ -15,6 +15,7 @@ from keras_as_softmax import AdaptiveSequential
 from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import sparse_as_softmax_mask
+from keras_as_softmax.skipping import PassChooser
 from keras_as_softmax.skipping import needs_backward
 from tests import reference
 from tests.helpers import BatchLogs
@@ -177,20 +178,29 @@ BATCH = 32
 NEEDED = [0, 1, 2, 3, 5, 9, 17, 20, 4, 2]
 
 
-def reference_sub_batch_sizes(needed_counts, batch_size):
+def reference_sub_batch_sizes(needed_counts, batch_size, exact):
     """The sub-batch of each batch, by the rule in plain Python: a selection
-    pass when the last batch needed at most half, then the smallest of
-    32, 16, ..., 1 that holds the needed samples (0 for none)."""
+    pass when the last batch needed at most half, then (`exact`) the needed
+    samples themselves or the smallest of 32, 16, ..., 1 that holds them (0
+    for none)."""
     sizes, last_needed = [], 0
     for needed in needed_counts:
         if last_needed * 2 > batch_size:
             sizes.append(batch_size)
-        elif needed == 0:
-            sizes.append(0)
+        elif needed == 0 or exact:
+            sizes.append(needed)
         else:
             sizes.append(min(s for s in (32, 16, 8, 4, 2, 1) if s >= needed))
         last_needed = needed
     return sizes
+
+
+def runs_eagerly(jit_compile):
+    """Whether the training step branches in Python, and so takes a
+    sub-batch of exactly the needed samples: PyTorch's steps, and JAX's
+    without jit (a TensorFlow step is a graph unless `run_eagerly`)."""
+    backend = keras.backend.backend()
+    return backend == "torch" or (backend == "jax" and not jit_compile)
 
 
 def scripted_batches(needed_counts, seed=0):
@@ -207,8 +217,13 @@ def scripted_batches(needed_counts, seed=0):
 
 @pytest.mark.slow
 @JIT
-def test_every_ladder_size_and_a_batch_with_nothing_to_learn(jit_compile):
+def test_every_ladder_size_and_a_batch_with_nothing_to_learn(jit_compile, monkeypatch):
     x, y = scripted_batches(NEEDED)
+    fetches = []
+    fetch = PassChooser._fetch
+    monkeypatch.setattr(
+        PassChooser, "_fetch", staticmethod(lambda values: fetches.append(1) or fetch(values))
+    )
     # The independent reference says which samples need a backward pass.
     _, _, keep, _ = reference.sparse_as_softmax(y, x, 0.5)
     needed = (keep.sum(-1) > 1).reshape(len(NEEDED), BATCH).sum(-1)
@@ -236,7 +251,10 @@ def test_every_ladder_size_and_a_batch_with_nothing_to_learn(jit_compile):
         batch_size=BATCH,
     )
     sizes = [int(log["sub_batch_size"]) for log in logs]
-    assert sizes == reference_sub_batch_sizes(NEEDED, BATCH)
+    assert sizes == reference_sub_batch_sizes(NEEDED, BATCH, runs_eagerly(jit_compile))
+    # A compiled step's pass is chosen on the host with one synchronisation
+    # per step, and one more for the first step's choice.
+    assert len(fetches) == (0 if runs_eagerly(jit_compile) else len(NEEDED) + 1)
     # The empty batch still applied the regulariser's gradient, as the
     # unskipped step does.
     assert_same_training(plain, skipping)

@@ -11,6 +11,7 @@ from keras_as_softmax._keras_private import forward_losses
 from keras_as_softmax._keras_private import make_step_function
 from keras_as_softmax._keras_private import training_kwargs
 from keras_as_softmax._keras_private import update_metrics_variables
+from keras_as_softmax.skipping import PassChooser
 from keras_as_softmax.skipping import SubBatch
 
 
@@ -51,51 +52,41 @@ class AdaptiveTrainer:
     metric variables of the model, read from and returned in `state`, and
     `lax.cond` chooses between an optimizer update and accumulation.
 
-    With `skip_masked` and `jit_compile`, the pass is chosen on the host
-    instead, between jitted functions (a selection pass, and one step per
-    pass of the ladder, each compiled when first used): XLA on CPU can run a
-    network's forward and backward pass much slower inside a branch of
-    `lax.cond` or `lax.switch` than outside (see the README). That costs one
-    host synchronisation per step.
+    With `skip_masked` and `jit_compile`, `skipping.PassChooser` chooses each
+    step's pass on the host between jitted functions (a selection pass, and
+    one step per size of the ladder).
     """
 
     def make_train_function(self, force=False):
         if not self.skip_masked or self.run_eagerly or not self.jit_compile:
             return super().make_train_function(force=force)
         if self.train_function is not None and not force:
+            self._pass_chooser.reset()
             return
-        select = jax.jit(self._select)
-        steps = {}
+        self._pass_chooser = PassChooser(
+            jax.jit(self._select),
+            lambda branch: jax.jit(
+                functools.partial(self._train_step, branch=branch), donate_argnums=0
+            ),
+            # The counts in the state before the step, or in the step's new one.
+            lambda args, outputs: self._last_counts(
+                (args[0] if outputs is None else outputs[1])[3]
+            ),
+        )
+        self.train_function = make_step_function(self, self._pass_chooser)
 
-        def train_step(state, data):
-            selection, branch = None, 0
-            if bool(self._selection_due(state[3])):
-                selection = select(state, data)
-                branch = int(selection[2])
-                if branch == 0:
-                    selection = None  # The whole batch: no sub-batch to pass.
-            if branch not in steps:
-                steps[branch] = jax.jit(
-                    functools.partial(self._train_step, branch=branch),
-                    donate_argnums=0,
-                )
-            return steps[branch](state, data, selection)
-
-        self.train_function = make_step_function(self, train_step)
-
-    def _selection_due(self, metrics_state):
-        """`GradientAccumulator.selection_due` on the metrics' values."""
+    def _last_counts(self, metrics_state):
+        """The last training batch's `(needed, samples)`, from the metrics'
+        values."""
         values = dict(zip(map(id, self.metrics_variables), metrics_state))
         accumulator = self.gradient_accumulator
-        return accumulator.selection_due(
-            values[id(accumulator.batch_needed)], values[id(accumulator.batch_samples)]
-        )
+        return values[id(accumulator.batch_needed)], values[id(accumulator.batch_samples)]
 
     def _select(self, state, data):
-        """The selection pass: `(needs, selection_pred, branch)`."""
+        """The selection pass: `(needs, selection_pred, counts)`."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         sub_batch = self._stateless_select(state, x, y, sample_weight)
-        return sub_batch.needs, sub_batch.selection_pred, sub_batch.branch
+        return sub_batch.needs, sub_batch.selection_pred, sub_batch.counts
 
     def _stateless_select(self, state, x, y, sample_weight):
         trainable, non_trainable, _, metrics_state = state
@@ -168,12 +159,12 @@ class AdaptiveTrainer:
 
         def select():
             if selection is not None:
-                return SubBatch(*selection[:2])
+                return SubBatch(*selection)
             return self._stateless_select(state, x, y, sample_weight)
 
         grads, logs, non_trainable, metrics_state = self._train_pass(
             x,
-            self._selection_due(metrics_state),
+            self.gradient_accumulator.selection_due(*self._last_counts(metrics_state)),
             select,
             run_pass,
             branch,

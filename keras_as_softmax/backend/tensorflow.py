@@ -1,5 +1,7 @@
 """TensorFlow-specific code."""
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -9,6 +11,8 @@ from keras import tree
 from keras_as_softmax._keras_private import loss_tracker
 from keras_as_softmax._keras_private import strategy_supports_no_merge_call
 from keras_as_softmax._keras_private import unscale_loss_for_distribution
+from keras_as_softmax.skipping import PassChooser
+from keras_as_softmax.skipping import SubBatch
 
 
 def known_values(x):
@@ -53,14 +57,66 @@ class AdaptiveTrainer:
     calls (e.g. `MirroredStrategy`) the choice is made in cross-replica
     context, as Keras's `LossScaleOptimizer` does, because an optimizer update
     inside a replica-context `cond` fails there.
+
+    With `skip_masked`, unless it runs eagerly, `skipping.PassChooser`
+    chooses each step's pass on the host between `tf.function`s (a selection
+    pass, and one step per size of the ladder), as on JAX.
     """
 
-    def train_step(self, data):
+    def make_train_function(self, force=False):
+        if not self.skip_masked or self.run_eagerly:
+            return super().make_train_function(force=force)
+        if self.train_function is not None and not force:
+            self._pass_chooser.reset()
+            return self.train_function
+
+        def compiled(function):
+            return tf.function(
+                function, jit_compile=self.jit_compile, reduce_retracing=True
+            )
+
+        accumulator = self.gradient_accumulator
+        self._pass_chooser = PassChooser(
+            compiled(self._select),
+            lambda branch: compiled(functools.partial(self._train_step, branch=branch)),
+            lambda args, outputs: (
+                accumulator.batch_needed.value,
+                accumulator.batch_samples.value,
+            ),
+        )
+
+        def function(iterator):
+            # Keras's loop over `steps_per_execution`, in Python.
+            outputs = None
+            for _, data in zip(range(self.steps_per_execution), iterator):
+                outputs = self._pass_chooser(_without_optionals(data))
+            if outputs is None:
+                raise StopIteration
+            return outputs
+
+        self.train_function = function
+        return function
+
+    def _select(self, data):
+        """The selection pass: `(needs, selection_pred, counts)`."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._build_before_branches(x)
+        sub_batch = self._sub_batch(y, self(x, training=False), sample_weight)
+        return sub_batch.needs, sub_batch.selection_pred, sub_batch.counts
+
+    def _build_before_branches(self, x):
         if not self.built:
             # Without a strategy Keras builds the model in this step's first
             # trace: build it here, outside the branches of the step.
             self(x, training=False)
+
+    def train_step(self, data):
+        return self._train_step(data)
+
+    def _train_step(self, data, selection=None, branch=None):
+        """The step; `branch` and `selection` as chosen on the host, if so."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._build_before_branches(x)
         variables = self.trainable_variables
         self.gradient_accumulator.build(variables)
 
@@ -84,18 +140,16 @@ class AdaptiveTrainer:
                 tf.zeros_like(v.value) if g is None else g
                 for v, g in zip(variables, tape.gradient(loss, variables))
             ]
-            if self.skip_masked:
-                # The branches of the step must agree: sparse gradients
-                # (e.g. of an `Embedding`) become dense.
-                grads = [tf.convert_to_tensor(g) for g in grads]
             self._record_backward(training_pass)
             return grads, self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
+        def select():
+            if selection is not None:
+                return SubBatch(*selection)
+            return self._sub_batch(y, self(x, training=False), sample_weight)
+
         grads, logs = self._train_pass(
-            x,
-            self.gradient_accumulator.selection_due(),
-            lambda: self._sub_batch(y, self(x, training=False), sample_weight),
-            run_pass,
+            x, self.gradient_accumulator.selection_due(), select, run_pass, branch
         )
         self._accumulate_or_update(
             grads,
@@ -143,3 +197,11 @@ class AdaptiveTrainer:
         self.distribute_strategy.run(
             lambda: self.optimizer.apply(compute_gradients(), self.trainable_variables)
         )
+
+
+def _without_optionals(data):
+    """`data` with Keras's empty `tf.experimental.Optional`s (its stand-in for
+    None inputs in a `tf.data` pipeline) as None, as Keras's step gets it."""
+    return tree.map_structure(
+        lambda t: None if isinstance(t, tf.experimental.Optional) else t, data
+    )
