@@ -10,7 +10,7 @@ cached step functions and their rebuilding) out of its public API. This
 package needs them, so a Keras upgrade that moves them breaks here and
 nowhere else.
 
-The trainers in `keras_as_softmax.backend` also override the trainers'
+The trainers in `keras_as_softmax.trainers` also override the trainers'
 `make_train_function`/`make_test_function` (not in Keras's API docs, but
 what `fit` calls) and, on JAX, set `train_function` as Keras's own does.
 """

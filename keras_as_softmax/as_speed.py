@@ -11,7 +11,7 @@ each window:
 then `k` is kept between the current window and one more than it, and at
 most `max_accumulation_steps`; the update uses the mean of the window's batch
 gradients. The training step itself is backend-specific and lives in
-`keras_as_softmax.backend`; this module holds what the backends share.
+`keras_as_softmax.trainers`; this module holds what the backends share.
 """
 
 import inspect
@@ -24,11 +24,11 @@ from keras import ops
 from keras import tree
 
 from keras_as_softmax._keras_private import append_callback
+from keras_as_softmax._keras_private import drop_step_functions
 from keras_as_softmax._keras_private import unlocked
 from keras_as_softmax._keras_private import untrack
 from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import count_masked
-from keras_as_softmax.backend import AdaptiveTrainer
 from keras_as_softmax.backend import branch_value
 from keras_as_softmax.backend import sum_across_replicas
 from keras_as_softmax.saving import compile_from_saved_config
@@ -37,7 +37,10 @@ from keras_as_softmax.skipping import TrainingPass
 from keras_as_softmax.skipping import ladder
 from keras_as_softmax.skipping import needs_backward
 from keras_as_softmax.skipping import run_cond
-from keras_as_softmax.skipping import use_selection
+from keras_as_softmax.skipping import SkippingCosts
+from keras_as_softmax.skipping import ladder_index
+from keras_as_softmax.skipping import selects
+from keras_as_softmax.trainers import AdaptiveTrainer
 
 
 class AdaptiveModel(AdaptiveTrainer):
@@ -60,7 +63,9 @@ class AdaptiveModel(AdaptiveTrainer):
             window becomes 2 once a third of a batch is masked.
         skip_masked: Whether a training step runs its backward pass on the
             samples that the loss leaves a gradient only (see
-            `keras_as_softmax.skipping`); one device only.
+            `keras_as_softmax.skipping`): True, False, or `"auto"` (skip
+            while the step's own timings find it cheaper,
+            `skipping.SkippingCosts`); one device only.
         *args, **kwargs: Passed on to `keras.Model`.
 
     Example:
@@ -154,13 +159,15 @@ class AdaptiveModel(AdaptiveTrainer):
         )
         self.masked_ratio_tracker = keras.metrics.Mean(name="masked_ratio")
         self.skip_masked = False
+        self.skipping_costs = None
         self.configure_skipping(skip_masked)
 
     def configure_skipping(self, skip_masked):
         """Turns skipping masked samples on or off (before `fit`).
 
         Args:
-            skip_masked: True or False, as `AdaptiveModel`'s argument.
+            skip_masked: True, False or `"auto"`, as `AdaptiveModel`'s
+                argument.
 
         Example:
 
@@ -169,17 +176,24 @@ class AdaptiveModel(AdaptiveTrainer):
         >>> model.configure_skipping(True)
         >>> model.skip_masked, model.as_speed_config()["skip_masked"]
         (True, True)
+        >>> model.configure_skipping("auto")
+        >>> model.skip_masked
+        'auto'
         """
-        if not isinstance(skip_masked, (bool, np.bool_)):
+        if not (isinstance(skip_masked, (bool, np.bool_)) or skip_masked == "auto"):
             raise TypeError(
-                f"`skip_masked` must be True or False; received {skip_masked!r}."
+                "`skip_masked` must be True, False or \"auto\"; received "
+                f"{skip_masked!r}."
             )
         if skip_masked and not self.skip_masked:
             with unlocked(self):
                 self.backward_fraction_tracker = keras.metrics.Mean(
                     name="backward_fraction"
                 )
-        self.skip_masked = bool(skip_masked)
+        self.skip_masked = "auto" if skip_masked == "auto" else bool(skip_masked)
+        self.skipping_costs = SkippingCosts() if skip_masked == "auto" else None
+        # The step and its choice of pass follow the setting.
+        drop_step_functions(self)
 
     @property
     def max_accumulation_steps(self):
@@ -252,15 +266,15 @@ class AdaptiveModel(AdaptiveTrainer):
         )
         return SubBatch(needs_backward(*flags), selection_pred)
 
-    def _train_pass(self, x, selection_due, select, run_pass, branch=None):
+    def _train_pass(self, x, last_counts, select, run_pass, branch=None):
         """The training step's loss, gradients and metrics, on the whole
         batch or, with `skip_masked`, on the samples that need them.
 
         Args:
             x: The batch's inputs.
-            selection_due: Boolean scalar, whether the last batch left few
-                enough samples with a gradient for a selection pass to pay
-                (read when `branch` is None).
+            last_counts: The last training batch's `(needed, samples)`,
+                int32 scalars, for the choice of pass (read when `branch` is
+                None).
             select: `select() -> SubBatch`: the selection pass (the
                 backend's: the model without gradient, in inference mode,
                 then `_sub_batch`).
@@ -282,10 +296,17 @@ class AdaptiveModel(AdaptiveTrainer):
         if branch is not None:
             sizes = ladder(batch_size)[1:] + [None]
             return run_pass(TrainingPass(batch_size, select(), sizes[branch - 1]))
-        if not branch_value(selection_due):
+        costs = self.skipping_costs
+        if costs is not None:
+            costs.begin_step()
+        if not selects(*(int(branch_value(count)) for count in last_counts), costs):
+            if costs is not None:
+                costs.ran(0)
             return run_pass(TrainingPass(batch_size))
         sub_batch = select()
         num_needed = int(branch_value(sub_batch.num_needed))
+        if costs is not None:
+            costs.ran(1 + ladder_index(num_needed, batch_size))
         if num_needed == batch_size:
             return run_pass(TrainingPass(batch_size))
         return run_pass(TrainingPass(batch_size, sub_batch, num_needed or None))
@@ -333,10 +354,12 @@ class AdaptiveModel(AdaptiveTrainer):
             or (strategy is not None and strategy.num_replicas_in_sync > 1)
         ):
             raise ValueError(
-                "`skip_masked=True` runs on one device: each replica would "
-                "choose its own sub-batch. Use `skip_masked=False` with a "
-                "distribution strategy."
+                f"`skip_masked={self.skip_masked!r}` runs on one device: each "
+                "replica would choose its own sub-batch. Use "
+                "`skip_masked=False` with a distribution strategy."
             )
+        if self.skipping_costs is not None:
+            self.skipping_costs.reset()  # The time between two `fit`s is no step's.
         if self.trainable_variables:  # Else TensorFlow builds it in the step.
             with self._distribution_scope():
                 self.gradient_accumulator.build(self.trainable_variables)
@@ -640,13 +663,10 @@ class GradientAccumulator(keras.metrics.Metric):
         self.batch_needed.assign(ops.cast(num_needed, "int32"))
         self.batch_samples.assign(ops.cast(num_samples, "int32"))
 
-    def selection_due(self, num_needed=None, num_samples=None):
-        """Whether the next step runs a selection pass, from the last batch
-        (by default from the variables)."""
-        return use_selection(
-            self.batch_needed if num_needed is None else num_needed,
-            self.batch_samples if num_samples is None else num_samples,
-        )
+    def last_counts(self):
+        """The last training batch's samples that needed a backward pass,
+        and its samples: what the next step's choice of pass reads."""
+        return self.batch_needed.value, self.batch_samples.value
 
     def next_window(self, window, micro_step, num_masked, num_counted):
         """The window rule, on tensors (no Python branching: it runs under jit).

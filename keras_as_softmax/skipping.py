@@ -17,6 +17,9 @@ that holds them (padded with masked samples), and `PassChooser` chooses that
 size on the host, between one compiled step per size.
 """
 
+import time
+
+import numpy as np
 from keras import ops
 from keras import tree
 
@@ -68,18 +71,21 @@ def needs_backward(masked, counted):
     return needs
 
 
-def use_selection(num_needed, batch_size):
-    """Whether the selection pass is worth running, from the last batch.
+@backend.host_function
+def selects(num_needed, num_samples, costs=None):
+    """Whether a step runs the selection pass, from the last training batch's
+    counts (Python numbers): when at most `SELECTION_THRESHOLD` of its
+    samples needed a backward pass and, with `costs` (`skip_masked="auto"`),
+    while `SkippingCosts` finds skipping cheaper.
 
     Example:
 
-    >>> bool(use_selection(2, 8)), bool(use_selection(6, 8))
+    >>> selects(2, 8), selects(6, 8)
     (True, False)
     """
-    return ops.less_equal(
-        ops.cast(num_needed, "float32"),
-        SELECTION_THRESHOLD * ops.cast(batch_size, "float32"),
-    )
+    if num_needed > SELECTION_THRESHOLD * num_samples:
+        return False
+    return costs is None or costs.skips(1 + ladder_index(num_needed, num_samples))
 
 
 class SubBatch:
@@ -199,6 +205,100 @@ def _with_mask_of(source, tensor):
     return tensor
 
 
+def ladder_index(num_needed, batch_size):
+    """`SubBatch.branch` on the host: the index in `ladder(B)` of the
+    smallest size that holds `num_needed` samples, `LADDER_DEPTH + 1` for
+    none.
+
+    Example:
+
+    >>> ladder_index(5, 64), ladder_index(64, 64), ladder_index(0, 64)
+    (3, 0, 6)
+    """
+    if num_needed == 0:
+        return LADDER_DEPTH + 1
+    return max(i for i, size in enumerate(ladder(batch_size)) if size >= num_needed)
+
+
+class SkippingCosts:
+    """`skip_masked="auto"`: skip only while it makes the steps cheaper.
+
+    The host times each training step, from its start to the next one's (a
+    step synchronises once, so that is the device's time for it), and keeps
+    the median of the last `SAMPLES` times of each pass: the whole batch, and
+    a selection pass followed by each size of the ladder. A step whose
+    samples would fit a sub-batch (`selects`) then runs the selection
+    pass when the skipping pass of the size that the last batch needed is
+    measured cheaper than the whole batch; a pass not measured yet, or not
+    for `RECHECK_STEPS` steps, runs once to be measured, so the choice
+    follows the masked ratio and the machine. The first run of each pass
+    (its compilation) and the step before a `reset` are not counted.
+
+    Args:
+        clock: `clock() -> seconds`; by default `time.perf_counter`.
+
+    Example:
+
+    >>> costs = SkippingCosts(clock=iter([0.0, 1.0, 2.0, 3.0, 3.5, 4.0]).__next__)
+    >>> for key in [0, 0, 3, 3, 0]:   # A whole batch costs 1 s, size 3 0.5 s.
+    ...     costs.begin_step()
+    ...     costs.ran(key)
+    >>> costs.skips(3)
+    True
+    """
+
+    SAMPLES = 5
+    RECHECK_STEPS = 100
+
+    def __init__(self, clock=time.perf_counter):
+        self._clock = clock
+        self._seconds = {}  # Pass: its recent times.
+        self._measured_at = {}  # Pass: the step of its last time.
+        self._runs = set()
+        self._step = 0
+        self.reset()
+
+    def reset(self):
+        """Forgets the step in flight (e.g. when `fit` starts)."""
+        self._started = None
+        self._key = None
+
+    @backend.host_function
+    def begin_step(self):
+        """Called when a step starts: times the step before it."""
+        now = self._clock()
+        if self._key is not None and self._key in self._runs:
+            times = self._seconds.setdefault(self._key, [])
+            times[:] = [*times[-(self.SAMPLES - 1) :], now - self._started]
+            self._measured_at[self._key] = self._step
+        if self._key is not None:
+            self._runs.add(self._key)
+        self._started, self._key = now, None
+        self._step += 1
+
+    @backend.host_function
+    def ran(self, key):
+        """Says which pass this step ran: 0 the whole batch without a
+        selection pass, else `1 + ladder_index` of the selection's sub-batch
+        (`1` a selection pass then the whole batch)."""
+        self._key = key
+
+    def skips(self, predicted):
+        """Whether this step runs the selection pass, `predicted` the pass
+        key of the last batch's needed samples."""
+        for key in (predicted, 0):
+            if self._stale(key):
+                return key != 0
+        return self._median(predicted) < self._median(0)
+
+    def _stale(self, key):
+        measured = self._measured_at.get(key)
+        return measured is None or self._step - measured > self.RECHECK_STEPS
+
+    def _median(self, key):
+        return float(np.median(self._seconds[key]))
+
+
 class PassChooser:
     """Chooses a compiled skipping step's pass on the host.
 
@@ -224,35 +324,44 @@ class PassChooser:
             `(needed, samples)`: from the state in `args` (`outputs` None:
             the first step since `reset`), else from a whole-batch step's
             `outputs`.
+        costs: A `SkippingCosts` for `skip_masked="auto"`, else None.
     """
 
-    def __init__(self, select, compile_step, read_counts):
+    def __init__(self, select, compile_step, read_counts, costs=None):
         self._select = select
         self._compile_step = compile_step
         self._read_counts = read_counts
+        self._costs = costs
         self._steps = {}
         self.reset()
 
     def reset(self):
         """Reads the choice of the next step from the state (e.g. when `fit`
         starts: the weights or the state may have been loaded since)."""
-        self._selection_due = None
+        self._last_counts = None
+        if self._costs is not None:
+            self._costs.reset()
 
     def __call__(self, *args):
-        if self._selection_due is None:
-            self._selection_due = self._due(*self._fetch(self._read_counts(args, None)))
-        selection, branch, selected = None, 0, self._selection_due
+        if self._costs is not None:
+            self._costs.begin_step()
+        if self._last_counts is None:
+            self._last_counts = self._fetch(self._read_counts(args, None)).tolist()
+        selection, branch = None, 0
+        selected = selects(*self._last_counts, self._costs)
         if selected:
             needs, selection_pred, counts = self._select(*args)
             branch, num_needed = self._fetch(counts).tolist()
-            self._selection_due = self._due(num_needed, needs.shape[0])
+            self._last_counts = [num_needed, needs.shape[0]]
             if branch > 0:
                 selection = (needs, selection_pred)
+        if self._costs is not None:
+            self._costs.ran(1 + branch if selected else 0)
         if branch not in self._steps:
             self._steps[branch] = self._compile_step(branch)
         outputs = self._steps[branch](*args, selection)
         if not selected:
-            self._selection_due = self._due(*self._fetch(self._read_counts(args, outputs)))
+            self._last_counts = self._fetch(self._read_counts(args, outputs)).tolist()
         return outputs
 
     @staticmethod
@@ -260,11 +369,6 @@ class PassChooser:
         """`values` on the host: the host synchronisation, once per step
         (and once more at the first step after `reset`)."""
         return ops.convert_to_numpy(ops.stack(values) if isinstance(values, tuple) else values)
-
-    @staticmethod
-    def _due(num_needed, num_samples):
-        # `use_selection`, on the host.
-        return bool(num_needed <= SELECTION_THRESHOLD * num_samples)
 
 
 def run_cond(condition, true_fn, false_fn, operands=()):

@@ -16,6 +16,7 @@ from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import sparse_as_softmax_mask
 from keras_as_softmax.skipping import PassChooser
+from keras_as_softmax.skipping import SkippingCosts
 from keras_as_softmax.skipping import needs_backward
 from tests import reference
 from tests.helpers import BatchLogs
@@ -195,6 +196,24 @@ def reference_sub_batch_sizes(needed_counts, batch_size, exact):
     return sizes
 
 
+def fit_scripted(build, x, y, jit_compile):
+    """`fit_both` for one epoch of `scripted_batches` at delta 0.5; also
+    returns the skipping run's sub-batch sizes."""
+    plain, skipping, logs = fit_both(
+        build,
+        lambda: dict(
+            optimizer=keras.optimizers.SGD(0.01),
+            loss=SparseASSoftmaxCrossentropy(delta=0.5),
+            jit_compile=jit_compile,
+        ),
+        x,
+        y,
+        epochs=1,
+        batch_size=BATCH,
+    )
+    return plain, skipping, logs, [int(log["sub_batch_size"]) for log in logs]
+
+
 def runs_eagerly(jit_compile):
     """Whether the training step branches in Python, and so takes a
     sub-batch of exactly the needed samples: PyTorch's steps, and JAX's
@@ -238,19 +257,7 @@ def test_every_ladder_size_and_a_batch_with_nothing_to_learn(jit_compile, monkey
         )(inputs)
         return AdaptiveModel(inputs, outputs, max_accumulation_steps=1, skip_masked=skip)
 
-    plain, skipping, logs = fit_both(
-        build,
-        lambda: dict(
-            optimizer=keras.optimizers.SGD(0.01),
-            loss=SparseASSoftmaxCrossentropy(delta=0.5),
-            jit_compile=jit_compile,
-        ),
-        x,
-        y,
-        epochs=1,
-        batch_size=BATCH,
-    )
-    sizes = [int(log["sub_batch_size"]) for log in logs]
+    plain, skipping, logs, sizes = fit_scripted(build, x, y, jit_compile)
     assert sizes == reference_sub_batch_sizes(NEEDED, BATCH, runs_eagerly(jit_compile))
     # A compiled step's pass is chosen on the host with one synchronisation
     # per step, and one more for the first step's choice.
@@ -296,15 +303,82 @@ def test_masked_means_the_same_for_the_loss_and_the_counts():
     assert int(sparse_as_softmax_mask(y, logits, delta=1.0)[1]) == 1
 
 
-def test_settings_are_saved_and_checked(tmp_path):
-    model = dense_classifier(skip=True)
+@pytest.mark.parametrize("skip", [True, "auto"])
+def test_settings_are_saved_and_checked(tmp_path, skip):
+    model = dense_classifier(skip=skip)
     model.compile(optimizer="adam", loss=SparseASSoftmaxCrossentropy())
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert loaded.skip_masked is True
+    assert loaded.skip_masked == skip and type(loaded.skip_masked) is type(skip)
+    assert isinstance(loaded.skipping_costs, SkippingCosts) is (skip == "auto")
     assert "backward_fraction" in [m.name for m in loaded.metrics]
-    with pytest.raises(TypeError, match="`skip_masked` must be True or False"):
+    with pytest.raises(TypeError, match='`skip_masked` must be True, False or "auto"'):
         dense_classifier(skip="yes")
+
+
+class ScriptedCosts(SkippingCosts):
+    """`SkippingCosts` on a clock that advances by `seconds(key)` for each
+    step, `key` the pass the step ran."""
+
+    def __init__(self, seconds):
+        self.now, self.seconds = 0.0, seconds
+        super().__init__(clock=lambda: self.now)
+
+    def begin_step(self):
+        if self._key is not None:
+            self.now += self.seconds(self._key)
+        super().begin_step()
+
+
+def run_scripted(costs, pattern):
+    """`SkippingCosts` choosing on `costs(key)` for a sequence of steps
+    whose last batch's pass key is `pattern[i]`; the keys that ran."""
+    scripted, ran = ScriptedCosts(costs), []
+    for predicted in pattern:
+        scripted.begin_step()
+        ran.append(predicted if scripted.skips(predicted) else 0)
+        scripted.ran(ran[-1])
+    return ran
+
+
+def test_auto_rule_with_scripted_costs():
+    cheap = lambda key: 1.0 if key == 0 else 0.4  # noqa: E731
+    dear = lambda key: 1.0 if key == 0 else 1.5  # noqa: E731
+    # Each pass runs twice before it is measured (its first run compiles);
+    # then the cheaper one runs.
+    assert run_scripted(cheap, [5] * 8) == [5, 5, 0, 0, 5, 5, 5, 5]
+    assert run_scripted(dear, [5] * 8) == [5, 5, 0, 0, 0, 0, 0, 0]
+    # A new size is measured on its own (the masked ratio changed).
+    assert run_scripted(dear, [5] * 6 + [6] * 4)[6:] == [6, 6, 0, 0]
+    # A pass left aside runs again after `RECHECK_STEPS` steps.
+    steps = SkippingCosts.RECHECK_STEPS + 8
+    ran = run_scripted(dear, [5] * steps)
+    assert ran.count(5) == 3 and ran[-1] == 0
+
+
+@pytest.mark.slow
+@JIT
+@pytest.mark.parametrize("skipping_pays", [True, False])
+def test_auto_skips_while_it_pays_and_trains_the_same(jit_compile, skipping_pays):
+    # Every batch has 2 samples that need a backward pass: the whole batch
+    # costs 1 s and skipping 0.2 s or 3 s a step, on a scripted clock.
+    x, y = scripted_batches([2] * 12)
+    seconds = lambda key: 1.0 if key == 0 else (0.2 if skipping_pays else 3.0)  # noqa: E731
+
+    def build(skip):
+        inputs = keras.Input((NUM_CLASSES,))
+        outputs = keras.layers.Dense(NUM_CLASSES, kernel_initializer="identity")(inputs)
+        model = AdaptiveModel(
+            inputs, outputs, max_accumulation_steps=1, skip_masked="auto" if skip else False
+        )
+        if skip:
+            model.skipping_costs = ScriptedCosts(seconds)
+        return model
+
+    plain, auto, _, sizes = fit_scripted(build, x, y, jit_compile)
+    # Both passes are measured first, then the cheaper one runs.
+    assert sizes[4:] == [2 if skipping_pays else BATCH] * 8
+    assert_same_training(plain, auto)
 
 
 @pytest.mark.slow

@@ -1,24 +1,26 @@
-"""Backend-specific code: one module per Keras backend, chosen once at import."""
+"""Backend-specific operations: one module per Keras backend, chosen once at
+import. They import nothing of this package; the training steps that use
+them are in `keras_as_softmax.trainers`."""
 
 import keras
 
 _BACKEND = keras.backend.backend()
 if _BACKEND == "tensorflow":
-    from keras_as_softmax.backend.tensorflow import AdaptiveTrainer
     from keras_as_softmax.backend.tensorflow import branch_value
     from keras_as_softmax.backend.tensorflow import fused_sparse_as_softmax_loss
+    from keras_as_softmax.backend.tensorflow import host_function
     from keras_as_softmax.backend.tensorflow import known_values
     from keras_as_softmax.backend.tensorflow import sum_across_replicas
 elif _BACKEND == "jax":
-    from keras_as_softmax.backend.jax import AdaptiveTrainer
     from keras_as_softmax.backend.jax import branch_value
     from keras_as_softmax.backend.jax import fused_sparse_as_softmax_loss
+    from keras_as_softmax.backend.jax import host_function
     from keras_as_softmax.backend.jax import known_values
     from keras_as_softmax.backend.jax import sum_across_replicas
 elif _BACKEND == "torch":
-    from keras_as_softmax.backend.torch import AdaptiveTrainer
     from keras_as_softmax.backend.torch import branch_value
     from keras_as_softmax.backend.torch import fused_sparse_as_softmax_loss
+    from keras_as_softmax.backend.torch import host_function
     from keras_as_softmax.backend.torch import known_values
     from keras_as_softmax.backend.torch import sum_across_replicas
 else:
@@ -28,9 +30,9 @@ else:
     )
 
 __all__ = [
-    "AdaptiveTrainer",
     "branch_value",
     "fused_sparse_as_softmax_loss",
+    "host_function",
     "known_values",
     "sum_across_replicas",
 ]

@@ -1,12 +1,6 @@
-"""PyTorch-specific code."""
+"""PyTorch-specific operations (they import nothing of this package)."""
 
-import contextlib
-
-import keras
 import torch
-from keras import tree
-
-from keras_as_softmax._keras_private import loss_tracker
 
 
 def known_values(x):
@@ -237,52 +231,13 @@ def branch_value(x):
     return x.item() if isinstance(x, torch.Tensor) else x
 
 
-class AdaptiveTrainer:
-    """AS-Speed's training step for the PyTorch trainer.
+def host_function(function):
+    """`function`, run by Python even inside a `torch.compile`d step (the
+    host's bookkeeping: Dynamo would trace its NumPy calls).
 
-    As Keras's torch `train_step`, with autograd; it runs eagerly, so the
-    choice between an optimizer update and accumulation is a Python `if`.
+    Example:
+
+    >>> host_function(lambda: 1)()
+    1
     """
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.trainable_variables
-
-        def run_pass(training_pass):
-            y_pred = training_pass.predictions(lambda x: self(x, training=True), x)
-            self.zero_grad()
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            loss_tracker(self).update_state(
-                loss,
-                sample_weight=next(i for i in tree.flatten(x) if i is not None).shape[0],
-            )
-            if self.optimizer is not None:
-                loss = self.optimizer.scale_loss(loss)
-            if loss.requires_grad:  # Not when no row goes backward and nothing regularises.
-                loss.backward()
-            grads = [
-                torch.zeros_like(v.value) if v.value.grad is None else v.value.grad
-                for v in variables
-            ]
-            self._record_backward(training_pass)
-            return grads, self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-        def select():
-            with torch.no_grad():
-                return self._sub_batch(y, self(x, training=False), sample_weight)
-
-        grads, logs = self._train_pass(
-            x, self.gradient_accumulator.selection_due(), select, run_pass
-        )
-        with torch.no_grad():
-            self._accumulate_or_update(grads)
-        return {**logs, **self.gradient_accumulator.logs(self.skip_masked)}
-
-    def _distribution_scope(self):
-        return contextlib.nullcontext()
-
-    def _apply_gradients(self, compute_gradients):
-        with torch.no_grad():
-            self.optimizer.apply(compute_gradients(), self.trainable_variables)
+    return torch.compiler.disable(function)

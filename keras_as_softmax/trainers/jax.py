@@ -1,0 +1,239 @@
+"""AS-Speed's training step for Keras's JAX trainer."""
+
+import contextlib
+import functools
+
+import jax
+import keras
+
+from keras_as_softmax._keras_private import forward_losses
+from keras_as_softmax._keras_private import make_step_function
+from keras_as_softmax._keras_private import training_kwargs
+from keras_as_softmax._keras_private import update_metrics_variables
+from keras_as_softmax.skipping import PassChooser
+from keras_as_softmax.skipping import SubBatch
+
+
+class AdaptiveTrainer:
+    """AS-Speed's training step for the JAX trainer.
+
+    Stateless, as Keras's JAX `train_step`: the accumulators and counters are
+    metric variables of the model, read from and returned in `state`, and
+    `lax.cond` chooses between an optimizer update and accumulation.
+
+    With `skip_masked` and `jit_compile`, `skipping.PassChooser` chooses each
+    step's pass on the host between jitted functions (a selection pass, and
+    one step per size of the ladder).
+    """
+
+    def make_train_function(self, force=False):
+        if not self.skip_masked or self.run_eagerly or not self.jit_compile:
+            return super().make_train_function(force=force)
+        if self.train_function is not None and not force:
+            self._pass_chooser.reset()
+            return
+        self._pass_chooser = PassChooser(
+            jax.jit(self._select),
+            lambda branch: jax.jit(
+                functools.partial(self._train_step, branch=branch), donate_argnums=0
+            ),
+            # The counts in the state before the step, or in the step's new one.
+            lambda args, outputs: self._last_counts(
+                (args[0] if outputs is None else outputs[1])[3]
+            ),
+            self.skipping_costs,
+        )
+        self.train_function = make_step_function(self, self._pass_chooser)
+
+    def _last_counts(self, metrics_state):
+        """The last training batch's `(needed, samples)`, from the metrics'
+        values."""
+        values = dict(zip(map(id, self.metrics_variables), metrics_state))
+        accumulator = self.gradient_accumulator
+        return values[id(accumulator.batch_needed)], values[id(accumulator.batch_samples)]
+
+    def _select(self, state, data):
+        """The selection pass: `(needs, selection_pred, counts)`."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        sub_batch = self._stateless_select(state, x, y, sample_weight)
+        return sub_batch.needs, sub_batch.selection_pred, sub_batch.counts
+
+    def _stateless_select(self, state, x, y, sample_weight):
+        trainable, non_trainable, _, metrics_state = state
+        selection_pred = self.stateless_call(
+            trainable,
+            non_trainable,
+            x,
+            return_losses=True,
+            **training_kwargs(self, False),
+        )[0]
+        # The loss reads its delta (e.g. `DeltaWarmup`'s) from the state.
+        mapping = list(zip(self.metrics_variables, metrics_state))
+        with keras.StatelessScope(state_mapping=mapping):
+            return self._sub_batch(y, selection_pred, sample_weight)
+
+    def train_step(self, state, data):
+        return self._train_step(state, data)
+
+    def _train_step(self, state, data, selection=None, branch=None):
+        """The step; `branch` and `selection` as chosen on the host, if so."""
+        trainable, non_trainable, optimizer_state, metrics_state = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        accumulator = self.gradient_accumulator
+        position = {id(v): i for i, v in enumerate(self.metrics_variables)}
+
+        def value(variable):
+            return metrics_state[position[id(variable)]]
+
+        def run_pass(training_pass):
+            def loss_fn(trainable):
+                # What the forward pass updates: none when no row goes through it.
+                updates = {"non_trainable": non_trainable, "losses": []}
+
+                def call(inputs):
+                    y_pred, updates["non_trainable"], updates["losses"] = (
+                        self.stateless_call(
+                            trainable,
+                            non_trainable,
+                            inputs,
+                            return_losses=True,
+                            **training_kwargs(self, True),
+                        )
+                    )
+                    return y_pred
+
+                y_pred = training_pass.predictions(call, x)
+                return self._loss_and_updates(
+                    trainable,
+                    updates["non_trainable"],
+                    metrics_state,
+                    updates["losses"],
+                    optimizer_state,
+                    x,
+                    y,
+                    y_pred,
+                    sample_weight,
+                )
+
+            grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+            (_, (loss, y_pred, new_non_trainable, new_metrics)), grads = grad_fn(
+                trainable
+            )
+            new_metrics = self._stateless(
+                new_metrics, lambda: self._record_backward(training_pass)
+            )
+            logs, new_metrics = update_metrics_variables(
+                self, new_metrics, loss, x, y, y_pred, sample_weight
+            )
+            return grads, logs, new_non_trainable, new_metrics
+
+        def select():
+            if selection is not None:
+                return SubBatch(*selection)
+            return self._stateless_select(state, x, y, sample_weight)
+
+        grads, logs, non_trainable, metrics_state = self._train_pass(
+            x,
+            self._last_counts(metrics_state),
+            select,
+            run_pass,
+            branch,
+        )
+
+        metrics_state = list(metrics_state)
+
+        def assign(variable, new_value):
+            metrics_state[position[id(variable)]] = new_value
+
+        micro_step = value(accumulator.micro_step)
+        window, is_update = accumulator.next_window(
+            value(accumulator.window),
+            micro_step,
+            value(accumulator.batch_masked),
+            value(accumulator.batch_counted),
+        )
+        (trainable, optimizer_state), totals, micro_step, updates_added = (
+            accumulator.accumulate_or_update(
+                grads,
+                [value(total) for total in accumulator.gradients],
+                micro_step,
+                window,
+                is_update,
+                lambda mean, state: tuple(
+                    list(values)
+                    for values in self.optimizer.stateless_apply(state[1], mean, state[0])
+                ),
+                state=(list(trainable), list(optimizer_state)),
+            )
+        )
+        assign(accumulator.window, window)
+        assign(accumulator.micro_step, micro_step)
+        updates = value(accumulator.updates) + updates_added
+        assign(accumulator.updates, updates)
+        for total, new_value in zip(accumulator.gradients, totals):
+            assign(total, new_value)
+
+        logs = {
+            **logs,
+            **accumulator.logs(
+                self.skip_masked, window, updates, value(accumulator.sub_batch_size)
+            ),
+        }
+        return logs, (trainable, non_trainable, optimizer_state, metrics_state)
+
+    def _loss_and_updates(
+        self,
+        trainable,
+        non_trainable,
+        metrics_state,
+        forward_losses_,
+        optimizer_state,
+        x,
+        y,
+        y_pred,
+        sample_weight,
+    ):
+        """Keras's `compute_loss_and_updates` after its forward pass: the
+        scaled loss, and `(loss, y_pred, non_trainable, metrics_state)`."""
+        with forward_losses(self, forward_losses_):
+            loss, (_, non_trainable, metrics_state) = self.stateless_compute_loss(
+                trainable,
+                non_trainable,
+                metrics_state,
+                x=x,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
+                training=True,
+            )
+        scaled_loss = loss
+        if self.optimizer is not None:
+            mapping = list(zip(self.optimizer.variables, optimizer_state))
+            with keras.StatelessScope(state_mapping=mapping):
+                scaled_loss = self.optimizer.scale_loss(loss)
+        return scaled_loss, (loss, y_pred, non_trainable, metrics_state)
+
+    def _stateless(self, metrics_state, update):
+        """Runs `update()` on the metrics' values `metrics_state`; returns
+        their new values."""
+        mapping = list(zip(self.metrics_variables, metrics_state))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            update()
+        return [scope.get_current_value(v) for v in self.metrics_variables]
+
+    def _distribution_scope(self):
+        return contextlib.nullcontext()
+
+    def _apply_gradients(self, compute_gradients):
+        # Stateless, as in the step: an eager `optimizer.apply` fails on JAX
+        # under a `LossScaleOptimizer` (its `cond` assigns variables).
+        optimizer, variables = self.optimizer, self.trainable_variables
+        new_variables, new_optimizer_state = optimizer.stateless_apply(
+            [v.value for v in optimizer.variables],
+            compute_gradients(),
+            [v.value for v in variables],
+        )
+        for variable, new_value in zip(variables, new_variables):
+            variable.assign(new_value)
+        for variable, new_value in zip(optimizer.variables, new_optimizer_state):
+            variable.assign(new_value)
