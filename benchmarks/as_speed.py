@@ -107,7 +107,7 @@ def main():
     parser.add_argument("--steady-masked", type=float, default=0.75,
                         help="the masked ratio from which the second table "
                         "measures (default 0.75)")
-    args = comparison.parse_args(parser)
+    args = compare.parse_args(parser)
     task = compare.task(args)
     methods = comparison.prepare(task, args)
     results = comparison.train_all(task, methods, args)

@@ -23,7 +23,9 @@ import numpy as np  # noqa: E402
 
 from benchmarks import plot  # noqa: E402
 from benchmarks import tables  # noqa: E402
+from benchmarks.tables import AS_AUTO_SKIPPING  # noqa: E402
 from benchmarks.tables import AS_SKIPPING  # noqa: E402
+from benchmarks.tables import AS_SOFTMAX_SKIPPING  # noqa: E402
 from benchmarks.tables import AS_SOFTMAX  # noqa: E402
 from benchmarks.tables import AS_SPEED  # noqa: E402
 from keras_as_softmax import MultiLabelASSoftmaxCrossentropy  # noqa: E402
@@ -86,7 +88,10 @@ class Method:
         adaptive: Train with `AdaptiveModel` (AS-Speed's gradient
             accumulation).
         skip_masked: With `adaptive`, back-propagate only the samples that
-            the loss does not mask (`AdaptiveModel(skip_masked=True)`).
+            the loss does not mask (`AdaptiveModel(skip_masked=True)`, or
+            `"auto"`).
+        max_accumulation_steps: With `adaptive`, AS-Speed's largest window;
+            None for the command line's `--max-accumulation-steps`.
         one_hot: Give the loss one-hot targets (Keras's label smoothing and
             focal loss need them).
         reference: The target is `tables.TARGET_FRACTION` of this method's
@@ -97,7 +102,8 @@ class Method:
     name: str
     loss: Callable
     adaptive: bool = False
-    skip_masked: bool = False
+    skip_masked: bool | str = False
+    max_accumulation_steps: int | None = None
     one_hot: bool = False
     reference: bool = False
 
@@ -138,9 +144,10 @@ def baseline_methods(num_classes):
     ]
 
 
-def methods_for(task, delta, baselines=False):
+def methods_for(task, delta, baselines=False, skipping_settings=False):
     """The methods compared for a task: Keras's baseline(s), AS-Softmax,
-    AS-Speed and AS-Speed + skipping.
+    AS-Speed and AS-Speed + skipping; with `skipping_settings` also
+    AS-Softmax + skipping (window 1) and AS-Speed + auto skipping.
 
     The reference (for the target) is softmax cross-entropy: Keras's for a
     single-label or token task, the multi-label AS loss at delta 1 (which
@@ -174,10 +181,18 @@ def methods_for(task, delta, baselines=False):
         plain += baseline_methods(task.num_classes)
     elif baselines:
         raise SystemExit("--baselines is for single-label tasks only.")
+    skipping = [Method(AS_SKIPPING, as_loss, adaptive=True, skip_masked=True)]
+    if skipping_settings:
+        skipping = [
+            Method(AS_SOFTMAX_SKIPPING, as_loss, adaptive=True, skip_masked=True,
+                   max_accumulation_steps=1),
+            *skipping,
+            Method(AS_AUTO_SKIPPING, as_loss, adaptive=True, skip_masked="auto"),
+        ]
     return plain + [
         Method(AS_SOFTMAX, as_loss),
         Method(AS_SPEED, as_loss, adaptive=True),
-        Method(AS_SKIPPING, as_loss, adaptive=True, skip_masked=True),
+        *skipping,
     ]
 
 
@@ -271,8 +286,8 @@ def build_model(task, method, max_accumulation_steps):
     model = task.build()
     if not method.adaptive:
         return model
-    return adaptive(model, max_accumulation_steps=max_accumulation_steps,
-                    skip_masked=method.skip_masked)
+    return adaptive(model, skip_masked=method.skip_masked,
+                    max_accumulation_steps=method.max_accumulation_steps or max_accumulation_steps)
 
 
 def train_once(task, method, seed, epochs, batch_size, max_accumulation_steps):
@@ -359,6 +374,8 @@ def parser(description, epochs, batch_size, delta=0.1, seeds=3):
                         f"1.5-entmax and top-k softmax (k = {TOP_K}, at most half "
                         "the classes; single-label)")
     parser.add_argument("--plot", help="PNG path (default: <example>.png here)")
+    # The main job and `benchmarks.as_speed` compare every skipping setting.
+    parser.set_defaults(skipping_settings=False)
     parser.add_argument("--quick", action="store_true",
                         help="a tiny slice, 1 seed, 2 epochs: a smoke test for CPU")
     parser.add_argument("--train-size", type=int,
@@ -381,7 +398,7 @@ def parse_args(parser):
 
 def prepare(task, args):
     """Prints what is compared; returns the methods."""
-    methods = methods_for(task, args.delta, args.baselines)
+    methods = methods_for(task, args.delta, args.baselines, args.skipping_settings)
     print(
         f"{task.title}: {len(task.train[1])} training / {len(task.validation[1])} "
         f"validation samples; backend {keras.backend.backend()} on "

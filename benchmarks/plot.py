@@ -23,7 +23,7 @@ def _band(axis, runs, key, label, color, x_key=None):
 def save_plot(task, methods, results, args, path):
     """Validation metric per epoch and against fit time, and training loss,
     for each method; masked ratio and mean accumulation window per epoch for
-    the AS-Speed methods; backward fraction for AS-Speed + skipping."""
+    the AS-Speed methods; backward fraction for the skipping methods."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,7 +31,10 @@ def save_plot(task, methods, results, args, path):
     from matplotlib.ticker import MaxNLocator
 
     monitor = next(iter(results.values()))[0]["monitor"]
-    colors = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(results) > len(palette):  # The main job with `--baselines`.
+        palette = [plt.get_cmap("tab20")(i) for i in range(20)]
+    colors = dict(zip(results, palette))
     figure, axes = plt.subplots(2, 3, figsize=(17, 8))
     for name, runs in results.items():
         _band(axes[0, 0], runs, monitor, name, colors[name])
@@ -58,7 +61,7 @@ def save_plot(task, methods, results, args, path):
         ("training loss (each method's own loss)", "loss"),
         ("AS-Speed: masked ratio of training batches", "masked ratio"),
         ("AS-Speed: mean accumulation window", "batches per update"),
-        ("AS-Speed + skipping: fraction of each batch back-propagated",
+        ("skipping: fraction of each batch back-propagated",
          "backward fraction"),
     ]
     for axis, (title, ylabel) in zip(axes.flat, panels):

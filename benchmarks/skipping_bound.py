@@ -11,6 +11,8 @@ repeat (order rotated by one per repeat):
 - skipping, window 1: `adaptive(model, max_accumulation_steps=1,
   skip_masked=True)`;
 - AS-Speed + skipping: the same with `max_accumulation_steps=2`;
+- auto skipping, window 1: `skip_masked="auto"` (it skips while its own
+  timings find skipping cheaper);
 - the bound's two parts: `s`, `predict` over the epoch's batches (the
   selection pass, with the same batch size); `c(n)`, the plain model trained
   on only the samples of each batch that need a backward pass, padded to the
@@ -48,6 +50,7 @@ from keras_as_softmax.skipping import ladder  # noqa: E402
 AS_SOFTMAX = "AS-Softmax"
 SKIPPING = "skipping, window 1"
 AS_SPEED_SKIPPING = "AS-Speed + skipping (window <= 2)"
+AUTO = "auto skipping, window 1"
 SELECTION = "s: selection pass (predict)"
 NEEDED_BACKWARD = "c(n): fwd+bwd of the needed samples"
 
@@ -139,15 +142,16 @@ def main():
     weights = plain.get_weights()
     needs = ~masked
 
-    def skipping_model(window):
+    def skipping_model(window, skip_masked=True):
         model = fashion_mnist.build_model()
         return compiled_model(adaptive(model, max_accumulation_steps=window,
-                                       skip_masked=True))
+                                       skip_masked=skip_masked))
 
     # Fresh models (the pretrained one has compiled its step already), so
     # that the first timed epoch shows each one's compilation.
     models = {AS_SOFTMAX: compiled_model(fashion_mnist.build_model()),
-              SKIPPING: skipping_model(1), AS_SPEED_SKIPPING: skipping_model(2)}
+              SKIPPING: skipping_model(1), AS_SPEED_SKIPPING: skipping_model(2),
+              AUTO: skipping_model(1, "auto")}
     needed = NeededSamples(x, y, needs, args.batch_size, backward_size(compiled))
     sub_batch = compiled_model(fashion_mnist.build_model())
 
@@ -165,7 +169,7 @@ def main():
                              shuffle=False, callbacks=[timer])
         return timer.seconds
 
-    names = [AS_SOFTMAX, SKIPPING, AS_SPEED_SKIPPING, SELECTION, NEEDED_BACKWARD]
+    names = [AS_SOFTMAX, SKIPPING, AS_SPEED_SKIPPING, AUTO, SELECTION, NEEDED_BACKWARD]
     compile_seconds = {name: epoch(name) for name in names}  # Warm-up: compiles.
     seconds = {name: [] for name in names}
     for repeat in range(args.repeats):
@@ -180,7 +184,7 @@ def main():
     rows = []
     for name in names:
         ratio = fastest[AS_SOFTMAX] / fastest[name]
-        to_bound = f"{fastest[name] / bound:.2f}" if name in (SKIPPING, AS_SPEED_SKIPPING) else "-"
+        to_bound = f"{fastest[name] / bound:.2f}" if name in (SKIPPING, AS_SPEED_SKIPPING, AUTO) else "-"
         rows.append([name, f"{fastest[name]:.2f}",
                      f"{min(seconds[name]):.2f}-{max(seconds[name]):.2f}",
                      f"{ratio:.2f}", to_bound,

@@ -15,6 +15,9 @@ from benchmarks.startup import device_description
 AS_SOFTMAX = "AS-Softmax"
 AS_SPEED = "AS-Speed"
 AS_SKIPPING = "AS-Speed + skipping"
+# The main job's and `benchmarks.as_speed`'s further skipping settings.
+AS_SOFTMAX_SKIPPING = "AS-Softmax + skipping"
+AS_AUTO_SKIPPING = "AS-Speed + auto skipping"
 # The target: this fraction of the reference method's best validation metric.
 TARGET_FRACTION = 0.995
 
@@ -92,7 +95,7 @@ COLUMN_NOTES = {
     "final masked": "fraction of training samples whose AS-Softmax loss is 0 "
     "after training (the sample is already learned)",
     "backward": "mean over the epochs of the fraction of each batch's samples "
-    f"back-propagated ({AS_SKIPPING} only)",
+    "back-propagated (skipping methods only)",
 }
 
 

@@ -229,10 +229,13 @@ class SkippingCosts:
     a selection pass followed by each size of the ladder. A step whose
     samples would fit a sub-batch (`selects`) then runs the selection
     pass when the skipping pass of the size that the last batch needed is
-    measured cheaper than the whole batch; a pass not measured yet, or not
-    for `RECHECK_STEPS` steps, runs once to be measured, so the choice
-    follows the masked ratio and the machine. The first run of each pass
-    (its compilation) and the step before a `reset` are not counted.
+    measured cheaper than the whole batch. A pass not measured yet runs to be
+    measured, and the dearer pass runs again once its extra time is at most
+    `EXPLORATION_SHARE` (1 %) of the time the cheaper one has run since the
+    dearer one was last measured (sooner when the two are close), so the
+    choice follows the masked ratio and the machine at a bounded cost. The
+    first run of each pass (its compilation) and the step before a `reset`
+    are not counted.
 
     Args:
         clock: `clock() -> seconds`; by default `time.perf_counter`.
@@ -248,7 +251,7 @@ class SkippingCosts:
     """
 
     SAMPLES = 5
-    RECHECK_STEPS = 100
+    EXPLORATION_SHARE = 0.01
 
     def __init__(self, clock=time.perf_counter):
         self._clock = clock
@@ -287,13 +290,19 @@ class SkippingCosts:
         """Whether this step runs the selection pass, `predicted` the pass
         key of the last batch's needed samples."""
         for key in (predicted, 0):
-            if self._stale(key):
-                return key != 0
-        return self._median(predicted) < self._median(0)
+            if key not in self._seconds:
+                return key != 0  # Not measured yet.
+        chosen, aside = sorted((predicted, 0), key=self._median)
+        if self._recheck_due(aside, chosen):
+            return aside != 0
+        return chosen != 0
 
-    def _stale(self, key):
-        measured = self._measured_at.get(key)
-        return measured is None or self._step - measured > self.RECHECK_STEPS
+    def _recheck_due(self, aside, chosen):
+        # Measuring `aside` again costs its extra time over `chosen` once: at
+        # most `EXPLORATION_SHARE` of `chosen`'s time since it was measured.
+        extra = self._median(aside) - self._median(chosen)
+        steps = self._step - self._measured_at[aside]
+        return steps * self._median(chosen) * self.EXPLORATION_SHARE >= extra
 
     def _median(self, key):
         return float(np.median(self._seconds[key]))

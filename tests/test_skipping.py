@@ -350,10 +350,16 @@ def test_auto_rule_with_scripted_costs():
     assert run_scripted(dear, [5] * 8) == [5, 5, 0, 0, 0, 0, 0, 0]
     # A new size is measured on its own (the masked ratio changed).
     assert run_scripted(dear, [5] * 6 + [6] * 4)[6:] == [6, 6, 0, 0]
-    # A pass left aside runs again after `RECHECK_STEPS` steps.
-    steps = SkippingCosts.RECHECK_STEPS + 8
-    ran = run_scripted(dear, [5] * steps)
-    assert ran.count(5) == 3 and ran[-1] == 0
+    # The pass left aside runs again, sooner when the two are close, and
+    # measuring it again costs at most 1 % over the cheaper pass's time.
+    for costs, aside in [(dear, 5), (cheap, 0), (lambda key: 1.0 if key == 0 else 1.05, 5)]:
+        ran = run_scripted(costs, [5] * 1000)
+        reruns = ran[4:].count(aside)
+        assert reruns >= 2
+        spent = sum(costs(key) for key in ran[4:])
+        cheaper = min(costs(0), costs(5)) * len(ran[4:])
+        assert spent <= cheaper * (1 + SkippingCosts.EXPLORATION_SHARE) + max(costs(0), costs(5))
+    assert run_scripted(lambda key: 1.0 if key == 0 else 1.05, [5] * 1000)[4:].count(5) > 100
 
 
 @pytest.mark.slow
