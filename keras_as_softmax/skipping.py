@@ -243,7 +243,7 @@ class SkippingCosts:
     Example:
 
     >>> costs = SkippingCosts(clock=iter([0.0, 1.0, 2.0, 3.0, 3.5, 4.0]).__next__)
-    >>> for key in [0, 0, 3, 3, 0]:   # A whole batch costs 1 s, size 3 0.5 s.
+    >>> for key in [0, 0, 3, 3, 0]:   # Pass 0 (whole batch) costs 1 s, pass 3 0.5 s.
     ...     costs.begin_step()
     ...     costs.ran(key)
     >>> costs.skips(3)
