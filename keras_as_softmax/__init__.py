@@ -15,6 +15,8 @@ from keras_as_softmax.baselines import entmax15_loss
 from keras_as_softmax.baselines import sparsemax_loss
 from keras_as_softmax.baselines import top_k_softmax_crossentropy
 from keras_as_softmax.existing_models import adaptive
+from keras_as_softmax.linear_as_softmax import LinearSparseASSoftmaxCrossentropy
+from keras_as_softmax.linear_as_softmax import linear_sparse_as_softmax_crossentropy
 from keras_as_softmax.multilabel import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax.multilabel import multilabel_as_softmax_crossentropy
 from keras_as_softmax.multilabel import multilabel_as_softmax_mask
@@ -27,6 +29,7 @@ __all__ = [
     "AdaptiveSequential",
     "DeltaWarmup",
     "Entmax15Loss",
+    "LinearSparseASSoftmaxCrossentropy",
     "MultiLabelASSoftmaxCrossentropy",
     "SparseASSoftmaxCrossentropy",
     "SparsemaxLoss",
@@ -35,6 +38,7 @@ __all__ = [
     "as_softmax_crossentropy",
     "as_softmax_mask",
     "entmax15_loss",
+    "linear_sparse_as_softmax_crossentropy",
     "load_model",
     "multilabel_as_softmax_crossentropy",
     "multilabel_as_softmax_mask",

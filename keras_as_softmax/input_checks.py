@@ -191,34 +191,66 @@ def sparse_inputs(
     y_pred = ops.convert_to_tensor(y_pred)
     scores = float_predictions(y_pred, axis, requirement)
     targets = sparse_targets(y_true, y_pred, axis, hint)
-    checked = check_class_ids(targets, scores.shape[-1], ignore_class)
+    num_classes = scores.shape[-1]
+    if num_classes is None:
+        num_classes = ops.shape(scores)[-1]
+    targets, valid, in_range = class_id_flags(targets, num_classes, ignore_class)
+    if valid is not None:
+        scores = ops.where(ops.expand_dims(valid, -1), scores, filler)
+    return targets, scores, valid, in_range
+
+
+def class_id_flags(targets, num_classes, ignore_class=None, predictions="`y_pred`"):
+    """Checks class ids where their values are known; returns them ready to
+    gather, with where they are valid and, if unchecked, in range.
+
+    Args:
+        targets: Class ids, a tensor.
+        num_classes: The number of classes: an int, or a scalar tensor
+            when it is not known before run time (the ids go unchecked).
+        ignore_class: Optional class id (e.g. padding) left out.
+        predictions: What the error for an id out of range names as having
+            `num_classes` classes.
+
+    Returns:
+        A tuple `(targets, valid, in_range)` as `sparse_inputs` returns them.
+
+    Example:
+
+    >>> targets, valid, in_range = class_id_flags(
+    ...     keras.ops.convert_to_tensor([2, -100]), 3, ignore_class=-100)
+    >>> keras.ops.convert_to_numpy(targets).tolist(), in_range is None
+    ([2, 0], True)
+    """
+    checked = isinstance(num_classes, int) and check_class_ids(
+        targets, num_classes, ignore_class, predictions
+    )
     valid = None
     if ignore_class is not None:
         valid = ops.not_equal(targets, ignore_class)
         targets = ops.where(valid, targets, 0)
-        scores = ops.where(ops.expand_dims(valid, -1), scores, filler)
     in_range = None
     if not checked:
         # Compared before any cast, so float ids are never rounded or wrapped.
         in_range = ops.logical_and(
-            ops.greater_equal(targets, 0),
-            ops.less(targets, ops.shape(scores)[-1]),
+            ops.greater_equal(targets, 0), ops.less(targets, num_classes)
         )
         if "float" in keras.backend.standardize_dtype(targets.dtype):
             in_range = ops.logical_and(
                 in_range, ops.equal(targets, ops.floor(targets))
             )
         targets = ops.where(in_range, targets, 0)
-    return ops.cast(targets, "int32"), scores, valid, in_range
+    return ops.cast(targets, "int32"), valid, in_range
 
 
-def check_class_ids(targets, num_classes, ignore_class=None):
+def check_class_ids(targets, num_classes, ignore_class=None, predictions="`y_pred`"):
     """Raises for class ids that are out of range or not whole numbers.
 
     Args:
         targets: Class ids, a tensor.
         num_classes: The number of classes, or None if unknown.
         ignore_class: Optional id that is not checked.
+        predictions: What the error names as having `num_classes` classes.
 
     Returns:
         Whether the ids were checked: their values and `num_classes` are
@@ -255,7 +287,7 @@ def check_class_ids(targets, num_classes, ignore_class=None):
         bad_id = _as_python_number(bad_id)
         raise ValueError(
             f"`y_true` holds class id {bad_id}, outside [0, {num_classes}) "
-            f"for `y_pred` with {num_classes} classes. If it marks padding "
+            f"for {predictions} with {num_classes} classes. If it marks padding "
             "(as -100 does in Hugging Face datasets), pass "
             f"`ignore_class={bad_id}` to the loss."
         )

@@ -82,40 +82,47 @@ def value_and_grad(fn, x, jit=False):
     With `jit=True` the computation is compiled: `tf.function(jit_compile=True)`
     on TensorFlow, `jax.jit` on JAX, `torch.compile` of the forward pass on PyTorch.
     """
+    value, (grad,) = value_and_grads(fn, (x,), jit)
+    return value, grad
+
+
+def value_and_grads(fn, xs, jit=False):
+    """Value of scalar `fn(*xs)` and its gradients with respect to each of
+    `xs`, as float64 NumPy arrays; `jit` as for `value_and_grad`."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        def step(x):
+        def step(*xs):
             with tf.GradientTape() as tape:
-                tape.watch(x)
-                value = fn(x)
-            return value, tape.gradient(value, x)
+                tape.watch(xs)
+                value = fn(*xs)
+            return value, tape.gradient(value, xs)
 
         if jit:
             step = tf.function(step, jit_compile=True)
-        value, grad = step(tf.constant(x))
+        value, grads = step(*(tf.constant(x) for x in xs))
     elif backend == "jax":
         import jax
 
-        step = jax.value_and_grad(fn)
+        step = jax.value_and_grad(fn, argnums=tuple(range(len(xs))))
         if jit:
             step = jax.jit(step)
-        value, grad = step(jax.numpy.asarray(x))
+        value, grads = step(*(jax.numpy.asarray(x) for x in xs))
     elif backend == "torch":
         import torch
 
         forward = torch.compile(fn) if jit else fn
-        x = keras.ops.convert_to_tensor(x).detach().clone().requires_grad_(True)
-        value = forward(x)
-        (grad,) = torch.autograd.grad(value, x)
+        xs = [
+            keras.ops.convert_to_tensor(x).detach().clone().requires_grad_(True)
+            for x in xs
+        ]
+        value = forward(*xs)
+        grads = torch.autograd.grad(value, xs)
     else:
         raise ValueError(f"Unsupported backend {backend}")
     # Through float32: TensorFlow cannot hand a bfloat16 scalar to NumPy.
-    return tuple(
-        keras.ops.convert_to_numpy(keras.ops.cast(t, "float32")).astype(np.float64)
-        for t in (value, grad)
-    )
+    return to_numpy(value), tuple(to_numpy(grad) for grad in grads)
 
 
 def reset_compiled_functions():

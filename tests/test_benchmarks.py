@@ -159,3 +159,25 @@ def test_loss_cost_quick():
                 assert as_mb <= base_mb, row
         else:
             assert row[8:11] == ["-", "-", "-"]
+
+
+@pytest.mark.slow
+def test_large_vocabulary_quick():
+    output = run_quick("large_vocabulary")
+    rows = [line.strip("|").split("|") for line in output.splitlines()
+            if line.startswith("| 512 ")]
+    # delta 1, then delta 0.1 at 0, 50, 75 and 90 % of the rows confident.
+    assert [(row[1].strip(), row[2].strip()) for row in rows] == [
+        ("1.0", "0.00"), ("0.1", "0.00"), ("0.1", "0.50"), ("0.1", "0.75"), ("0.1", "0.90")
+    ]
+    for row in rows:
+        # Times (and their spread), the time ratio, peak memory of both.
+        unfused, fused, ratio, unfused_gib, fused_gib = (
+            float(row[i].split()[0]) for i in (3, 4, 5, 6, 7)
+        )
+        assert min(unfused, fused) >= 0 and ratio > 0
+        assert min(unfused_gib, fused_gib) >= 0
+    assert (
+        f"reproduce: python -m benchmarks.large_vocabulary --backend "
+        f"{keras.backend.backend()} --vocabularies 512 --tokens 256" in output
+    )

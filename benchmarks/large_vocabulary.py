@@ -1,0 +1,270 @@
+"""The fused AS-Softmax loss against the unfused one at large vocabularies.
+
+Per backend and vocabulary, on the same inputs: the time and the peak memory
+of one forward+backward pass (gradients with respect to the hidden states and
+the kernel) of the mean loss over `--tokens` positions,
+
+- unfused: `sparse_as_softmax_crossentropy(y, hidden @ kernel, delta)`, the
+  logits materialised (at `delta=1` the same function is plain softmax
+  cross-entropy);
+- fused: `linear_sparse_as_softmax_crossentropy(y, hidden, kernel, delta)`.
+
+Cases: delta 1 (nothing can be masked), and delta 0.1 with 0 %, 50 %, 75 %
+and 90 % of the rows masked (those rows' hidden state points along their
+target's kernel column, 20 logits above the rest; the others are random with
+random targets). The `masked` column gives the fraction the loss masks.
+
+Each backend runs the step as Keras trains by default on a CPU:
+`jax.jit(jax.grad(...))`, `tf.function` around a `GradientTape` (no XLA;
+`--jit-compile` for XLA), eager PyTorch (`--jit-compile`: `torch.compile`).
+Every (loss, vocabulary) pair runs in a process of its own, so that its peak
+memory is its own; the two losses' processes alternate, `--repeats` times,
+and the table gives the fastest call and the spread (fastest-slowest) over the
+repeats, after one untimed call (compilation; on JAX the function is compiled
+ahead of time instead). Memory is measured the same way for both losses on
+every backend: the growth of the process's peak resident memory during the
+timed call (`VmHWM`, reset just before it through `/proc/self/clear_refs`,
+minus `VmRSS` then: inputs and compiled code in place), the largest over the
+cases: temporaries and the gradients, with what the allocator keeps. On JAX the table also gives XLA's own count
+of temporary buffers (`memory_analysis().temp_size_in_bytes`).
+
+    python -m benchmarks.large_vocabulary --backend jax
+        [--vocabularies 32768 131072] [--tokens 8192] [--hidden 768]
+        [--repeats 2] [--chunk-size N] [--jit-compile] [--quick]
+"""
+
+from benchmarks import startup
+
+startup.load_keras()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks import tables  # noqa: E402
+from keras_as_softmax import linear_sparse_as_softmax_crossentropy  # noqa: E402
+from keras_as_softmax import sparse_as_softmax_crossentropy  # noqa: E402
+from keras_as_softmax.linear_as_softmax import default_chunk_size  # noqa: E402
+from keras_as_softmax.linear_as_softmax import linear_losses_and_masked  # noqa: E402
+
+CASES = ((1.0, 0.0), (0.1, 0.0), (0.1, 0.5), (0.1, 0.75), (0.1, 0.9))
+LOSSES = ("unfused", "fused")
+GIB = 2.0**30
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=startup.BACKENDS)
+    parser.add_argument("--vocabularies", type=int, nargs="+", default=[32768, 131072])
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--jit-compile", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, one repeat")
+    parser.add_argument("--worker", nargs=2, metavar=("LOSS", "VOCABULARY"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.vocabularies, args.tokens, args.hidden, args.repeats = [512], 256, 32, 1
+    return args
+
+
+def inputs(tokens, hidden_size, vocabulary, masked_fraction, seed=0):
+    """`(targets, hidden, kernel)` as NumPy arrays, the first
+    `masked_fraction` of the rows confident (masked at delta 0.1)."""
+    rng = np.random.default_rng(seed)
+    kernel = (rng.standard_normal((hidden_size, vocabulary)) / np.sqrt(hidden_size))
+    hidden = rng.standard_normal((tokens, hidden_size))
+    targets = rng.integers(0, vocabulary, tokens)
+    confident = int(round(masked_fraction * tokens))
+    columns = kernel[:, targets[:confident]].T
+    hidden[:confident] = 20.0 * columns / np.sum(columns**2, axis=1, keepdims=True)
+    return targets.astype("int32"), hidden.astype("float32"), kernel.astype("float32")
+
+
+def gradient_function(loss, delta, chunk_size, jit_compile):
+    """The backend's compiled (or eager) `(targets, hidden, kernel) ->
+    (d mean loss / d hidden, d / d kernel)`."""
+    from keras import ops
+
+    def mean_loss(hidden, kernel, targets):
+        if loss == "fused":
+            losses = linear_sparse_as_softmax_crossentropy(
+                targets, hidden, kernel, delta, chunk_size=chunk_size
+            )
+        else:
+            losses = sparse_as_softmax_crossentropy(
+                targets, ops.matmul(hidden, kernel), delta
+            )
+        return ops.mean(losses)
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(jax.grad(mean_loss, argnums=(0, 1)))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=jit_compile)
+        def grads(hidden, kernel, targets):
+            with tf.GradientTape() as tape:
+                tape.watch((hidden, kernel))
+                value = mean_loss(hidden, kernel, targets)
+            return tape.gradient(value, (hidden, kernel))
+
+        return grads
+    import torch
+
+    forward = torch.compile(mean_loss) if jit_compile else mean_loss
+
+    def grads(hidden, kernel, targets):
+        hidden, kernel = (x.requires_grad_(True) for x in (hidden, kernel))
+        return torch.autograd.grad(forward(hidden, kernel, targets), (hidden, kernel))
+
+    return grads
+
+
+def _block(values):
+    """Waits for `values` (reads one number from each)."""
+    for value in values:
+        keras.ops.convert_to_numpy(keras.ops.sum(value))
+
+
+def _resident_gib(field):
+    """`VmRSS` (now) or `VmHWM` (the peak since `_reset_peak`), in GiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / GIB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak():
+    """Sets the process's peak resident memory to its current one (Linux)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def worker(args, loss, vocabulary):
+    """Times each case once (after one untimed call) in this process;
+    prints one JSON line."""
+    from keras import ops
+
+    chunk_size = args.chunk_size or default_chunk_size(vocabulary)
+    result = {"times": {}, "masked": {}, "xla_temp_gib": None}
+    case_inputs = {}
+    for delta, fraction in CASES:
+        if fraction not in case_inputs:
+            case_inputs[fraction] = tuple(
+                ops.convert_to_tensor(x)
+                for x in inputs(args.tokens, args.hidden, vocabulary, fraction)
+            )
+    compiled = {}
+    result["peak_gib"] = 0.0
+    for delta, fraction in CASES:
+        targets, hidden, kernel = case_inputs[fraction]
+        if delta not in compiled:
+            compiled[delta] = gradient_function(loss, delta, chunk_size, args.jit_compile)
+            if keras.backend.backend() == "jax":
+                lowered = compiled[delta].lower(hidden, kernel, targets).compile()
+                temp = lowered.memory_analysis().temp_size_in_bytes / GIB
+                result["xla_temp_gib"] = max(result["xla_temp_gib"] or 0.0, temp)
+                compiled[delta] = lowered
+            else:
+                _block(compiled[delta](hidden, kernel, targets))
+        _reset_peak()
+        resident = _resident_gib("VmRSS")
+        start = time.perf_counter()
+        _block(compiled[delta](hidden, kernel, targets))
+        result["times"][f"{delta}/{fraction}"] = time.perf_counter() - start
+        result["peak_gib"] = max(
+            result["peak_gib"], _resident_gib("VmHWM") - resident
+        )
+        _, masked = linear_losses_and_masked(
+            targets, hidden, delta, kernel=kernel, chunk_size=chunk_size
+        )
+        result["masked"][f"{delta}/{fraction}"] = float(
+            np.mean(ops.convert_to_numpy(masked))
+        )
+    result["chunk_size"] = chunk_size
+    print(json.dumps(result), flush=True)
+
+
+def run_worker(args, loss, vocabulary):
+    command = [sys.executable, "-m", "benchmarks.large_vocabulary",
+               "--backend", keras.backend.backend(), "--worker", loss, str(vocabulary),
+               "--tokens", str(args.tokens), "--hidden", str(args.hidden)]
+    if args.chunk_size:
+        command += ["--chunk-size", str(args.chunk_size)]
+    if args.jit_compile:
+        command.append("--jit-compile")
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args, args.worker[0], int(args.worker[1]))
+    backend = keras.backend.backend()
+    mode = {"jax": "jit", "tensorflow": "xla" if args.jit_compile else "graph",
+            "torch": "compile" if args.jit_compile else "eager"}[backend]
+    print(f"{backend} ({mode}), {platform.processor() or platform.machine()}, "
+          f"{args.tokens} tokens x {args.hidden} hidden, float32", flush=True)
+    rows = []
+    for vocabulary in args.vocabularies:
+        runs = {loss: [] for loss in LOSSES}
+        for repeat in range(args.repeats):
+            for loss in LOSSES[::-1] if repeat % 2 else LOSSES:
+                runs[loss].append(run_worker(args, loss, vocabulary))
+                print(f"  V={vocabulary} repeat {repeat + 1} {loss}: "
+                      f"{sum(runs[loss][-1]['times'].values()):.1f} s", flush=True)
+        rows += _rows(vocabulary, runs)
+    header = ["V", "delta", "masked", "unfused s", "fused s", "fused/unfused",
+              "unfused GiB", "fused GiB", "memory ratio"]
+    if backend == "jax":
+        header += ["XLA temp unfused GiB", "fused GiB", "ratio"]
+    print()
+    print("\n".join(tables.markdown_table(header, rows)))
+    chunk = args.chunk_size or "default"
+    print(f"\nchunk size: {chunk}; times: fastest of {args.repeats} "
+          "(spread fastest-slowest); memory: peak over the repeats")
+    print("reproduce: python -m benchmarks.large_vocabulary --backend "
+          f"{backend} --vocabularies {' '.join(map(str, args.vocabularies))} "
+          f"--tokens {args.tokens} --hidden {args.hidden} --repeats {args.repeats}"
+          + (f" --chunk-size {args.chunk_size}" if args.chunk_size else "")
+          + (" --jit-compile" if args.jit_compile else ""))
+
+
+def _rows(vocabulary, runs):
+    rows = []
+    for delta, fraction in CASES:
+        key = f"{delta}/{fraction}"
+        times = {loss: [run["times"][key] for run in runs[loss]] for loss in LOSSES}
+        fastest = {loss: min(times[loss]) for loss in LOSSES}
+        peak = {loss: max(run["peak_gib"] for run in runs[loss]) for loss in LOSSES}
+        row = [
+            vocabulary, delta, f"{runs['fused'][0]['masked'][key]:.2f}",
+            *(f"{fastest[loss]:.2f} ({max(times[loss]) - fastest[loss]:.2f})"
+              for loss in LOSSES),
+            f"{fastest['fused'] / fastest['unfused']:.2f}",
+            *(f"{peak[loss]:.2f}" for loss in LOSSES),
+            f"1/{peak['unfused'] / max(peak['fused'], 1e-9):.1f}",
+        ]
+        if runs["fused"][0]["xla_temp_gib"] is not None:
+            temps = [runs[loss][0]["xla_temp_gib"] for loss in LOSSES]
+            row += [f"{temps[0]:.3f}", f"{temps[1]:.3f}", f"1/{temps[0] / temps[1]:.1f}"]
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

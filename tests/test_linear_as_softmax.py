@@ -1,0 +1,242 @@
+"""The AS-Softmax loss fused with the output projection, against the unfused
+loss and the float64 NumPy reference: losses, masked flags and gradients
+with respect to the hidden states, the kernel and the bias."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_as_softmax import LinearSparseASSoftmaxCrossentropy
+from keras_as_softmax import SparseASSoftmaxCrossentropy
+from keras_as_softmax import linear_sparse_as_softmax_crossentropy
+from keras_as_softmax import sparse_as_softmax_crossentropy
+from keras_as_softmax import linear_as_softmax
+from tests import reference
+from tests.helpers import to_numpy
+from tests.helpers import value_and_grads
+
+NUM_ROWS, HIDDEN, VOCABULARY, CHUNK = 37, 6, 50, 8  # 37 rows: 5 chunks, 3 rows short.
+
+
+def _inputs(seed=0, scale=3.0, dtype="float32"):
+    rng = np.random.default_rng(seed)
+    hidden = rng.standard_normal((NUM_ROWS, HIDDEN)).astype(dtype)
+    kernel = (scale * rng.standard_normal((HIDDEN, VOCABULARY))).astype(dtype)
+    bias = rng.standard_normal(VOCABULARY).astype(dtype)
+    targets = rng.integers(0, VOCABULARY, NUM_ROWS)
+    # The class each row already predicts, for half the rows: those are masked.
+    logits = hidden.astype(np.float64) @ kernel + bias
+    targets[::2] = logits.argmax(-1)[::2]
+    weights = rng.uniform(0.5, 2.0, NUM_ROWS).astype(dtype)
+    return hidden, kernel, bias, targets, weights
+
+
+def _reference(targets, hidden, kernel, bias, weights, delta, ignore_class=None):
+    """Float64: the weighted sum of losses and its gradients (hidden, kernel,
+    bias), from `reference.sparse_as_softmax` on the materialised logits."""
+    hidden, kernel = hidden.astype(np.float64), kernel.astype(np.float64)
+    logits = hidden @ kernel + (0.0 if bias is None else bias.astype(np.float64))
+    loss, grad_logits, keep, _ = reference.sparse_as_softmax(
+        targets, logits, delta, ignore_class=ignore_class
+    )
+    grad_logits = grad_logits * weights[:, None]
+    masked = keep.sum(-1) == 1
+    return (
+        float(np.sum(weights * loss)),
+        (grad_logits @ kernel.T, hidden.T @ grad_logits, grad_logits.sum(0)),
+        loss,
+        masked,
+    )
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("delta", [0.1, 1.0])
+@pytest.mark.parametrize("transposed", [False, True], ids=["hv", "vh"])
+def test_gradients_match_reference_and_unfused(delta, transposed, jit):
+    hidden, kernel, bias, targets, weights = _inputs()
+    ignore_class = int(targets[3])
+    stored_kernel = kernel.T.copy() if transposed else kernel
+
+    def fused(hidden, kernel, bias):
+        losses = linear_sparse_as_softmax_crossentropy(
+            targets, hidden, kernel, delta, bias=bias, ignore_class=ignore_class,
+            transposed_kernel=transposed, chunk_size=CHUNK,
+        )
+        return ops.sum(ops.multiply(losses, weights))
+
+    def unfused(hidden, kernel, bias):
+        kernel = ops.transpose(kernel) if transposed else kernel
+        losses = sparse_as_softmax_crossentropy(
+            targets, ops.matmul(hidden, kernel) + bias, delta, ignore_class=ignore_class
+        )
+        return ops.sum(ops.multiply(losses, weights))
+
+    value, grads = value_and_grads(fused, (hidden, stored_kernel, bias), jit)
+    expected_value, expected_grads, _, _ = _reference(
+        targets, hidden, kernel, bias, weights, delta, ignore_class
+    )
+    expected_grads = list(expected_grads)
+    if transposed:
+        expected_grads[1] = expected_grads[1].T
+    unfused_value, unfused_grads = value_and_grads(
+        unfused, (hidden, stored_kernel, bias), jit
+    )
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    np.testing.assert_allclose(value, unfused_value, rtol=1e-6)
+    for grad, expected, unfused_grad in zip(grads, expected_grads, unfused_grads):
+        np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(grad, unfused_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("delta", [0.1, 1.0])
+def test_losses_and_masked_flags_match_unfused(delta):
+    hidden, kernel, bias, targets, _ = _inputs(seed=1)
+    hidden = hidden.reshape(NUM_ROWS, 1, HIDDEN)  # (B, T, H)
+    positions = targets.reshape(NUM_ROWS, 1)
+    losses, masked = linear_as_softmax.linear_losses_and_masked(
+        positions, hidden, delta, kernel=kernel, bias=bias, chunk_size=CHUNK
+    )
+    _, _, expected_losses, expected_masked = _reference(
+        targets, hidden[:, 0], kernel, bias, np.ones(NUM_ROWS), delta
+    )
+    assert tuple(losses.shape) == tuple(masked.shape) == (NUM_ROWS, 1)
+    np.testing.assert_allclose(to_numpy(losses)[:, 0], expected_losses, rtol=1e-5, atol=1e-6)
+    assert ops.convert_to_numpy(masked)[:, 0].tolist() == expected_masked.tolist()
+    num_masked = expected_masked.sum()
+    assert 0 < num_masked < NUM_ROWS if delta < 1 else num_masked == 0
+
+
+def test_all_rows_masked_have_zero_loss_and_gradient():
+    hidden, kernel, bias, _, weights = _inputs(scale=30.0)
+    targets = (hidden @ kernel + bias).argmax(-1)
+
+    def fused(hidden, kernel, bias):
+        losses = linear_sparse_as_softmax_crossentropy(
+            targets, hidden, kernel, 0.1, bias=bias, chunk_size=CHUNK
+        )
+        return ops.sum(ops.multiply(losses, weights))
+
+    value, grads = value_and_grads(fused, (hidden, kernel, bias))
+    assert value == 0.0
+    for grad in grads:
+        assert not grad.any()
+
+
+def test_backward_runs_only_the_chunks_of_rows_with_a_gradient(monkeypatch):
+    """37 rows in chunks of 8: the forward pass computes 5 chunks of logits,
+    the backward only the chunks that the rows neither masked nor ignored
+    fill."""
+    hidden, kernel, bias, targets, weights = _inputs()
+    ignore_class = int(targets[3])
+    calls = []
+    logits = linear_as_softmax._logits
+
+    def counted_logits(rows, *args):
+        if keras.backend.backend() == "jax":
+            import jax
+
+            # Runs each time the compiled loop computes a chunk.
+            jax.debug.callback(lambda: calls.append(rows.shape[0]))
+        else:
+            calls.append(rows.shape[0])
+        return logits(rows, *args)
+
+    monkeypatch.setattr(linear_as_softmax, "_logits", counted_logits)
+
+    def fused(hidden, kernel, bias):
+        losses = linear_sparse_as_softmax_crossentropy(
+            targets, hidden, kernel, 0.1, bias=bias, ignore_class=ignore_class,
+            chunk_size=CHUNK,
+        )
+        return ops.sum(ops.multiply(losses, weights))
+
+    value_and_grads(fused, (hidden, kernel, bias))
+    _, _, _, masked = _reference(targets, hidden, kernel, bias, weights, 0.1)
+    needed = int((~masked & (targets != ignore_class)).sum())
+    needed_chunks = -(-needed // CHUNK)
+    assert needed_chunks <= 3
+    assert calls == [CHUNK] * (5 + needed_chunks)
+
+
+def test_bfloat16_inputs_match_the_unfused_loss():
+    hidden, kernel, bias, targets, weights = _inputs(seed=2, scale=1.0)
+    hidden, kernel, bias = (ops.cast(x, "bfloat16") for x in (hidden, kernel, bias))
+
+    def fused(hidden, kernel, bias):
+        losses = linear_sparse_as_softmax_crossentropy(
+            targets, hidden, kernel, 0.1, bias=bias, chunk_size=CHUNK
+        )
+        assert keras.backend.standardize_dtype(losses.dtype) == "float32"
+        return ops.sum(ops.multiply(losses, weights))
+
+    def unfused(hidden, kernel, bias):
+        logits = ops.matmul(hidden, kernel) + bias
+        losses = sparse_as_softmax_crossentropy(targets, logits, 0.1)
+        return ops.sum(ops.multiply(losses, weights))
+
+    value, grads = value_and_grads(fused, (hidden, kernel, bias))
+    unfused_value, unfused_grads = value_and_grads(unfused, (hidden, kernel, bias))
+    np.testing.assert_allclose(value, unfused_value, rtol=1e-2)
+    for grad, unfused_grad in zip(grads, unfused_grads):
+        scale = np.abs(unfused_grad).max()
+        np.testing.assert_allclose(grad, unfused_grad, atol=2e-2 * scale)
+
+
+def test_loss_class_reduces_with_sample_weights_and_keras_mask():
+    hidden, kernel, bias, targets, weights = _inputs(seed=3)
+    hidden = hidden.reshape(NUM_ROWS, 1, HIDDEN)
+    targets = targets.reshape(NUM_ROWS, 1)
+    ignore_class = int(targets[5, 0])
+    fused = LinearSparseASSoftmaxCrossentropy(
+        kernel, bias=bias, delta=0.1, ignore_class=ignore_class, chunk_size=CHUNK
+    )
+    unfused = SparseASSoftmaxCrossentropy(delta=0.1, ignore_class=ignore_class)
+    logits = hidden @ kernel + bias
+    for sample_weight in (None, weights):
+        np.testing.assert_allclose(
+            to_numpy(fused(targets, hidden, sample_weight)),
+            to_numpy(unfused(targets, logits, sample_weight)),
+            rtol=1e-5,
+        )
+    with fused.recording() as records:
+        fused(targets, hidden)
+    masked, counted = records[0]
+    assert not ops.convert_to_numpy(counted)[targets == ignore_class].any()
+    assert ops.convert_to_numpy(masked).sum() > 0
+
+
+def test_loss_class_config_round_trips_without_the_projection():
+    loss_fn = LinearSparseASSoftmaxCrossentropy(
+        np.zeros((2, 3), "float32"), delta=0.2, ignore_class=-1, transposed_kernel=True,
+        chunk_size=64,
+    )
+    config = loss_fn.get_config()
+    assert config["delta"] == 0.2 and config["chunk_size"] == 64
+    assert "kernel" not in config
+    restored = LinearSparseASSoftmaxCrossentropy.from_config(config)
+    assert restored.transposed_kernel and restored.kernel is None
+    with pytest.raises(ValueError, match="has no `kernel`"):
+        restored([0], np.zeros((1, 3), "float32"))
+
+
+@pytest.mark.parametrize(
+    "y_true, hidden_shape, kernel_shape, bias_shape, match",
+    [
+        ([0, 1], (2, 4), (5, 3), None, r"`kernel` must be \(H, V\) with H = .* 4"),
+        ([0, 1], (2, 4), (3, 4), None, "transposed_kernel=True"),
+        ([0, 1, 2], (2, 4), (4, 3), None, r"one class id per row of `hidden`"),
+        ([0, 1], (2, 4), (4, 3), (4,), r"`bias` must be `\(V,\)` = \(3,\)"),
+        ([0, 3], (2, 4), (4, 3), None, r"class id 3, outside \[0, 3\) for `kernel`"),
+        ([0, 1], (4,), (4, 3), None, r"`hidden` must be `\(..., H\)`"),
+    ],
+)
+def test_bad_input_raises_naming_the_argument(
+    y_true, hidden_shape, kernel_shape, bias_shape, match
+):
+    bias = None if bias_shape is None else np.zeros(bias_shape, "float32")
+    with pytest.raises(ValueError, match=match):
+        linear_sparse_as_softmax_crossentropy(
+            y_true, np.zeros(hidden_shape, "float32"),
+            np.zeros(kernel_shape, "float32"), bias=bias,
+        )
