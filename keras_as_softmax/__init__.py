@@ -15,6 +15,7 @@ from keras_as_softmax.baselines import entmax15_loss
 from keras_as_softmax.baselines import sparsemax_loss
 from keras_as_softmax.baselines import top_k_softmax_crossentropy
 from keras_as_softmax.existing_models import adaptive
+from keras_as_softmax.fused_projection import fuse_output_projection
 from keras_as_softmax.linear_as_softmax import LinearSparseASSoftmaxCrossentropy
 from keras_as_softmax.linear_as_softmax import linear_sparse_as_softmax_crossentropy
 from keras_as_softmax.multilabel import MultiLabelASSoftmaxCrossentropy
@@ -38,6 +39,7 @@ __all__ = [
     "as_softmax_crossentropy",
     "as_softmax_mask",
     "entmax15_loss",
+    "fuse_output_projection",
     "linear_sparse_as_softmax_crossentropy",
     "load_model",
     "multilabel_as_softmax_crossentropy",

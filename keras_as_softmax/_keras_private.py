@@ -4,9 +4,10 @@ Keras keeps tensor masks, loss reduction, its symbolic-build scope (in
 which tensors hold placeholder values), the (un)tracking of a layer's
 attributes, the serialized name of a class, the loss unscaling of
 `tf.distribute` (and TensorFlow's own test for merge calls), the layout of a
-`.keras` file, a `CallbackList`'s list of callbacks and parts of its trainers
-(the loss tracker, the JAX step's metric update and forward-pass losses, the
-cached step functions and their rebuilding) out of its public API. This
+`.keras` file, a functional model's graph nodes, a `CallbackList`'s list of
+callbacks and parts of its trainers (the loss tracker, the JAX step's metric
+update and forward-pass losses, the cached step functions and their
+rebuilding) out of its public API. This
 package needs them, so a Keras upgrade that moves them breaks here and
 nowhere else.
 
@@ -23,6 +24,7 @@ from keras.src.backend.common.masking import get_keras_mask
 from keras.src.backend.common.masking import set_keras_mask
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 from keras.src.losses.loss import reduce_weighted_values
+from keras.src.models.functional import Functional
 from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.saving.serialization_lib import serialize_with_public_class
 
@@ -50,6 +52,11 @@ def untrack(layer, value):
 def loss_tracker(model):
     """The `Mean` metric that a Keras trainer logs as `loss`."""
     return model._loss_tracker
+
+
+def compile_metrics(model):
+    """The metrics `compile` gave `model` (one container), or None."""
+    return model._compile_metrics
 
 
 def update_metrics_variables(model, metrics_variables, loss, x, y, y_pred, sample_weight):
@@ -145,3 +152,18 @@ __all__ = [
     "untrack",
     "update_metrics_variables",
 ]
+
+
+def is_functional(model):
+    """Whether `model` is a functional model (Keras's `Functional`, also the
+    base of a keras-hub task built on its backbone's graph)."""
+    return isinstance(model, Functional)
+
+
+def output_call(model):
+    """The layer that computes a functional model's single output and the
+    arguments of that call: `(layer, args, kwargs)` (Keras keeps its graph's
+    nodes private)."""
+    operation, node_index, _ = model.outputs[0]._keras_history
+    arguments = operation._inbound_nodes[node_index].arguments
+    return operation, arguments.args, arguments.kwargs

@@ -19,6 +19,7 @@ from keras import ops
 from keras_as_softmax._keras_private import set_keras_mask
 from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import _cast_delta
+from keras_as_softmax.as_softmax import _sparse_losses_and_masked
 from keras_as_softmax.as_softmax import _single_label_core
 from keras_as_softmax.input_checks import class_id_flags
 from keras_as_softmax.input_checks import validate_delta
@@ -147,6 +148,9 @@ class LinearSparseASSoftmaxCrossentropy(ASLoss):
     """AS-Softmax cross-entropy fused with an output projection: `y_pred`
     holds hidden states, and the loss projects them with `kernel` (and
     `bias`) chunk by chunk, as `linear_sparse_as_softmax_crossentropy`.
+    Logits (`y_pred` as wide as the vocabulary, which a model converted by
+    `fuse_output_projection` gives outside training) take the unfused
+    `sparse_as_softmax_crossentropy`.
 
     The projection is read when the loss is called: pass the layer's
     variables (e.g. `embedding.embeddings` with `transposed_kernel=True`),
@@ -202,6 +206,13 @@ class LinearSparseASSoftmaxCrossentropy(ASLoss):
                 f"`{self.name}` has no `kernel`: set `loss.kernel` to the "
                 "output projection's kernel (and `loss.bias`) before calling "
                 "it, or convert the model with `fuse_output_projection`."
+            )
+        num_classes = self.kernel.shape[0 if self.transposed_kernel else 1]
+        hidden_size = self.kernel.shape[1 if self.transposed_kernel else 0]
+        if y_pred.shape[-1] == num_classes and num_classes != hidden_size:
+            # Logits, as a fused model gives them outside training.
+            return _sparse_losses_and_masked(
+                y_true, y_pred, self.current_delta, ignore_class=self.ignore_class
             )
         return self.fn(
             y_true,

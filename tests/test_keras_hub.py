@@ -17,9 +17,11 @@ import pytest
 
 import keras_as_softmax
 from keras_as_softmax import AdaptiveModel
+from keras_as_softmax import LinearSparseASSoftmaxCrossentropy
 from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import adaptive
+from keras_as_softmax import fuse_output_projection
 from tests import reference
 from tests.helpers import reset_compiled_functions
 
@@ -294,10 +296,11 @@ GPT2_VOCABULARY = {
 LM_TEXTS = np.array(["airplane at airport", " airplane airport", "airport", " at"] * 2)
 
 
-def causal_lm():
+def causal_lm(dropout=0.1):
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=len(GPT2_VOCABULARY),
+        dropout=dropout,
         num_layers=1,
         num_heads=1,
         hidden_dim=8,
@@ -349,6 +352,64 @@ def test_adaptive_causal_lm_generates_and_round_trips(tmp_path):
     assert type(loaded) is type(lm) and loaded.max_accumulation_steps == 2
     assert_same_training_state(loaded, lm, LM_TEXTS[:2])
     assert loaded.generate("airplane", max_length=LENGTH) == generated
+
+
+def test_fused_causal_lm_trains_as_unfused_generates_and_round_trips(tmp_path):
+    """Through the fused loss (tied embedding, padding as sample weights) the
+    causal LM trains to the same weights as with the unfused loss, generates
+    the same text as before conversion, and saves and loads converted; with
+    AS-Speed and DeltaWarmup too. Without dropout: PyTorch draws its masks
+    from one global generator, so two models trained one after the other
+    would draw different ones."""
+    unfused = compile_with(causal_lm(dropout=0.0), SparseASSoftmaxCrossentropy(delta=0.2),
+                           sampler="greedy")
+    lm = causal_lm(dropout=0.0)
+    lm.compile(sampler="greedy")
+    generated = lm.generate("airplane", max_length=LENGTH)
+    lm = fuse_output_projection(lm)
+    assert lm.generate("airplane", max_length=LENGTH) == generated
+    compile_with(lm, LinearSparseASSoftmaxCrossentropy(delta=0.2), run_eagerly=False,
+                 sampler="greedy")
+    assert lm.loss.kernel is lm.backbone.token_embedding.embeddings
+    np.testing.assert_allclose(
+        evaluate_loss(lm, LM_TEXTS), evaluate_loss(unfused, LM_TEXTS), rtol=1e-6
+    )
+    history = fit(lm, LM_TEXTS)
+    fit(unfused, LM_TEXTS)
+    assert history["loss"][-1] < history["loss"][0]
+    for actual, expected in zip(lm.trainable_weights, unfused.trainable_weights):
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
+    lm.save(tmp_path / "lm.keras")
+    loaded = load_quietly(keras_as_softmax.load_model, tmp_path / "lm.keras")
+    assert type(loaded) is type(lm)
+    assert loaded.loss.kernel is loaded.backbone.token_embedding.embeddings
+    assert_same_training_state(loaded, lm, LM_TEXTS[:2])
+    assert loaded.generate("airplane", max_length=LENGTH) == lm.generate(
+        "airplane", max_length=LENGTH
+    )
+
+    adaptive_lm = adaptive(loaded, max_accumulation_steps=2)
+    history = adaptive_lm.fit(
+        LM_TEXTS, batch_size=4, epochs=2, verbose=0,
+        callbacks=[keras_as_softmax.DeltaWarmup(initial_delta=1.0, warmup_steps=2)],
+    ).history
+    assert history["optimizer_updates"][-1] == int(adaptive_lm.optimizer.iterations.numpy())
+    assert 0 <= history["masked_ratio"][-1] <= 1
+
+
+def test_fuse_output_projection_bad_input():
+    lm = fuse_output_projection(causal_lm())
+    with pytest.raises(ValueError, match="already trains through the fused loss"):
+        fuse_output_projection(lm)
+    with pytest.raises(ValueError, match="compile it with `loss=LinearSparseASSoftmax"):
+        fit(compile_with(lm, SparseASSoftmaxCrossentropy()), LM_TEXTS, epochs=1)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    with pytest.raises(ValueError, match="has activation `softmax`"):
+        fuse_output_projection(model)
+    model = keras.Model(inputs, keras.layers.Softmax()(inputs))
+    with pytest.raises(ValueError, match=r"comes from `.*` \(Softmax\)"):
+        fuse_output_projection(model)
 
 
 # Multi-label head on a backbone's pooled output.
