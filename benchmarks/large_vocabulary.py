@@ -22,15 +22,26 @@ memory is its own; the two losses' processes alternate, `--repeats` times,
 and the table gives the fastest call and the spread (fastest-slowest) over the
 repeats, after one untimed call (compilation; on JAX the function is compiled
 ahead of time instead). Memory is measured the same way for both losses on
-every backend: the growth of the process's peak resident memory during the
-timed call (`VmHWM`, reset just before it through `/proc/self/clear_refs`,
-minus `VmRSS` then: inputs and compiled code in place), the largest over the
-cases: temporaries and the gradients, with what the allocator keeps. On JAX the table also gives XLA's own count
+every backend: the growth of the process's peak resident memory over a
+function's first call (`VmHWM`, reset just before it through
+`/proc/self/clear_refs`, minus `VmRSS` then, with the inputs in place; on
+JAX after compiling ahead of time, elsewhere including the tracing of that
+call), the largest over the cases and repeats; "temporaries" are that growth less the size of the two
+gradients returned (the same for both losses). On JAX the table also gives XLA's own count
 of temporary buffers (`memory_analysis().temp_size_in_bytes`).
+
+With `--causal-lm` it instead trains one step of a keras-hub
+`GPT2CausalLM` with a tiny random backbone (2 layers, hidden size 64) and a
+262,144-token vocabulary, converted by `fuse_output_projection`, on
+`--batch-size` x `--sequence-length` random tokens (8 x 1024: the float32
+logits alone would take 8.6 GB), and prints the process's peak resident
+memory (`VmHWM`) after the step and before it.
 
     python -m benchmarks.large_vocabulary --backend jax
         [--vocabularies 32768 131072] [--tokens 8192] [--hidden 768]
         [--repeats 2] [--chunk-size N] [--jit-compile] [--quick]
+    python -m benchmarks.large_vocabulary --backend jax --causal-lm
+        [--batch-size 8] [--sequence-length 1024]
 """
 
 from benchmarks import startup
@@ -68,11 +79,15 @@ def parse_args(argv=None):
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--jit-compile", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one repeat")
+    parser.add_argument("--causal-lm", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sequence-length", type=int, default=1024)
     parser.add_argument("--worker", nargs=2, metavar=("LOSS", "VOCABULARY"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.vocabularies, args.tokens, args.hidden, args.repeats = [512], 256, 32, 1
+        args.batch_size, args.sequence_length = 2, 16
     return args
 
 
@@ -171,6 +186,12 @@ def worker(args, loss, vocabulary):
     result["peak_gib"] = 0.0
     for delta, fraction in CASES:
         targets, hidden, kernel = case_inputs[fraction]
+        # The peak is measured from before each function's first call (the
+        # untimed one, or on JAX the timed one: its function is compiled
+        # ahead of time), so that what that call allocates and its
+        # allocator keeps counts, whatever the later calls reuse.
+        _reset_peak()
+        resident = _resident_gib("VmRSS")
         if delta not in compiled:
             compiled[delta] = gradient_function(loss, delta, chunk_size, args.jit_compile)
             if keras.backend.backend() == "jax":
@@ -178,10 +199,10 @@ def worker(args, loss, vocabulary):
                 temp = lowered.memory_analysis().temp_size_in_bytes / GIB
                 result["xla_temp_gib"] = max(result["xla_temp_gib"] or 0.0, temp)
                 compiled[delta] = lowered
+                _reset_peak()
+                resident = _resident_gib("VmRSS")
             else:
                 _block(compiled[delta](hidden, kernel, targets))
-        _reset_peak()
-        resident = _resident_gib("VmRSS")
         start = time.perf_counter()
         _block(compiled[delta](hidden, kernel, targets))
         result["times"][f"{delta}/{fraction}"] = time.perf_counter() - start
@@ -210,16 +231,54 @@ def run_worker(args, loss, vocabulary):
     return json.loads(output.strip().splitlines()[-1])
 
 
+def causal_lm_step(args):
+    """Trains one step of a fused tiny GPT-2 with a 256k vocabulary; prints
+    the peak resident memory before and after it."""
+    import keras_hub
+
+    from keras_as_softmax import LinearSparseASSoftmaxCrossentropy
+    from keras_as_softmax import fuse_output_projection
+
+    vocabulary = 512 if args.quick else 262144
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=vocabulary, num_layers=2, num_heads=2, hidden_dim=64,
+        intermediate_dim=128, max_sequence_length=args.sequence_length,
+    )
+    lm = fuse_output_projection(keras_hub.models.GPT2CausalLM(backbone))
+    lm.compile(optimizer="adam", loss=LinearSparseASSoftmaxCrossentropy(delta=0.1))
+    rng = np.random.default_rng(0)
+    shape = (args.batch_size, args.sequence_length)
+    x = {"token_ids": rng.integers(0, vocabulary, shape).astype("int32"),
+         "padding_mask": np.ones(shape, "int32")}
+    y = rng.integers(0, vocabulary, shape).astype("int32")
+    before = _resident_gib("VmHWM")
+    start = time.perf_counter()
+    logs = lm.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0).history
+    seconds = time.perf_counter() - start
+    print(f"GPT2CausalLM, vocabulary {vocabulary}, hidden 64, 2 layers, "
+          f"{args.batch_size} x {args.sequence_length} tokens, one step: "
+          f"loss {logs['loss'][-1]:.3f}, {seconds:.1f} s (compilation included); "
+          f"peak resident memory {before:.2f} GiB before the step, "
+          f"{_resident_gib('VmHWM'):.2f} GiB after "
+          f"(float32 logits alone: {4 * vocabulary * shape[0] * shape[1] / 1e9:.1f} GB)")
+    print("reproduce: python -m benchmarks.large_vocabulary --backend "
+          f"{keras.backend.backend()} --causal-lm --batch-size {args.batch_size} "
+          f"--sequence-length {args.sequence_length}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(args, args.worker[0], int(args.worker[1]))
+    if args.causal_lm:
+        return causal_lm_step(args)
     backend = keras.backend.backend()
     mode = {"jax": "jit", "tensorflow": "xla" if args.jit_compile else "graph",
             "torch": "compile" if args.jit_compile else "eager"}[backend]
     print(f"{backend} ({mode}), {platform.processor() or platform.machine()}, "
           f"{args.tokens} tokens x {args.hidden} hidden, float32", flush=True)
-    rows = []
+    time_rows, memory_rows = [], []
     for vocabulary in args.vocabularies:
         runs = {loss: [] for loss in LOSSES}
         for repeat in range(args.repeats):
@@ -227,13 +286,18 @@ def main(argv=None):
                 runs[loss].append(run_worker(args, loss, vocabulary))
                 print(f"  V={vocabulary} repeat {repeat + 1} {loss}: "
                       f"{sum(runs[loss][-1]['times'].values()):.1f} s", flush=True)
-        rows += _rows(vocabulary, runs)
-    header = ["V", "delta", "masked", "unfused s", "fused s", "fused/unfused",
-              "unfused GiB", "fused GiB", "memory ratio"]
-    if backend == "jax":
-        header += ["XLA temp unfused GiB", "fused GiB", "ratio"]
+        time_rows += _time_rows(vocabulary, runs)
+        gradients_gib = 4 * args.hidden * (args.tokens + vocabulary) / GIB
+        memory_rows.append(_memory_row(vocabulary, runs, gradients_gib))
     print()
-    print("\n".join(tables.markdown_table(header, rows)))
+    print("\n".join(tables.markdown_table(
+        ["V", "delta", "masked", "unfused s", "fused s", "fused/unfused"], time_rows)))
+    header = ["V", "peak growth unfused GiB", "fused GiB", "temporaries unfused GiB",
+              "fused GiB", "ratio"]
+    if backend == "jax":
+        header += ["XLA temporaries unfused GiB", "fused GiB", "ratio"]
+    print()
+    print("\n".join(tables.markdown_table(header, memory_rows)))
     chunk = args.chunk_size or "default"
     print(f"\nchunk size: {chunk}; times: fastest of {args.repeats} "
           "(spread fastest-slowest); memory: peak over the repeats")
@@ -244,26 +308,33 @@ def main(argv=None):
           + (" --jit-compile" if args.jit_compile else ""))
 
 
-def _rows(vocabulary, runs):
+def _time_rows(vocabulary, runs):
     rows = []
     for delta, fraction in CASES:
         key = f"{delta}/{fraction}"
         times = {loss: [run["times"][key] for run in runs[loss]] for loss in LOSSES}
         fastest = {loss: min(times[loss]) for loss in LOSSES}
-        peak = {loss: max(run["peak_gib"] for run in runs[loss]) for loss in LOSSES}
-        row = [
+        rows.append([
             vocabulary, delta, f"{runs['fused'][0]['masked'][key]:.2f}",
             *(f"{fastest[loss]:.2f} ({max(times[loss]) - fastest[loss]:.2f})"
               for loss in LOSSES),
             f"{fastest['fused'] / fastest['unfused']:.2f}",
-            *(f"{peak[loss]:.2f}" for loss in LOSSES),
-            f"1/{peak['unfused'] / max(peak['fused'], 1e-9):.1f}",
-        ]
-        if runs["fused"][0]["xla_temp_gib"] is not None:
-            temps = [runs[loss][0]["xla_temp_gib"] for loss in LOSSES]
-            row += [f"{temps[0]:.3f}", f"{temps[1]:.3f}", f"1/{temps[0] / temps[1]:.1f}"]
-        rows.append(row)
+        ])
     return rows
+
+
+def _memory_row(vocabulary, runs, gradients_gib):
+    """Peak growth, and temporaries: the peak growth less the gradients
+    returned (the same for both losses)."""
+    peak = [max(run["peak_gib"] for run in runs[loss]) for loss in LOSSES]
+    temporaries = [max(value - gradients_gib, 1e-9) for value in peak]
+    row = [vocabulary, *(f"{value:.2f}" for value in peak),
+           *(f"{value:.2f}" for value in temporaries),
+           f"1/{temporaries[0] / temporaries[1]:.1f}"]
+    if runs["fused"][0]["xla_temp_gib"] is not None:
+        temps = [runs[loss][0]["xla_temp_gib"] for loss in LOSSES]
+        row += [f"{temps[0]:.3f}", f"{temps[1]:.3f}", f"1/{temps[0] / temps[1]:.1f}"]
+    return row
 
 
 if __name__ == "__main__":

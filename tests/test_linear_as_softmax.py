@@ -12,6 +12,7 @@ from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import linear_sparse_as_softmax_crossentropy
 from keras_as_softmax import sparse_as_softmax_crossentropy
 from keras_as_softmax import linear_as_softmax
+from keras_as_softmax._keras_private import set_keras_mask
 from tests import reference
 from tests.helpers import to_numpy
 from tests.helpers import value_and_grads
@@ -204,6 +205,21 @@ def test_loss_class_reduces_with_sample_weights_and_keras_mask():
     masked, counted = records[0]
     assert not ops.convert_to_numpy(counted)[targets == ignore_class].any()
     assert ops.convert_to_numpy(masked).sum() > 0
+
+
+def test_loss_class_leaves_out_keras_masked_positions():
+    hidden, kernel, bias, targets, weights = _inputs(seed=4)
+    mask = np.arange(NUM_ROWS) % 3 != 0
+    fused = LinearSparseASSoftmaxCrossentropy(kernel, bias=bias, delta=0.1, chunk_size=CHUNK)
+    unfused = SparseASSoftmaxCrossentropy(delta=0.1)
+    masked_hidden = ops.convert_to_tensor(hidden)
+    masked_logits = ops.convert_to_tensor(hidden @ kernel + bias)
+    set_keras_mask(masked_hidden, ops.convert_to_tensor(mask))
+    set_keras_mask(masked_logits, ops.convert_to_tensor(mask))
+    expected = to_numpy(unfused(targets, masked_logits, weights))
+    np.testing.assert_allclose(to_numpy(fused(targets, masked_hidden, weights)), expected, rtol=1e-5)
+    _, _, losses, _ = _reference(targets, hidden, kernel, bias, weights, 0.1)
+    np.testing.assert_allclose(expected, (weights * losses)[mask].sum() / mask.sum(), rtol=1e-5)
 
 
 def test_loss_class_config_round_trips_without_the_projection():

@@ -94,6 +94,7 @@ GIVEN = {
     "DeltaWarmup(initial_delta=1.0": ("warmup", warmup, check_warmup),
     "AdaptiveSequential(": ("as_speed", as_speed, check_as_speed),
     "import keras_hub": ("keras_hub", None, None),  # test_keras_hub_block
+    "fuse_output_projection(lm)": ("fused_lm", None, None),  # test_fused_lm_block
 }
 
 
@@ -179,3 +180,23 @@ def test_keras_hub_block(monkeypatch, tmp_path):
     assert names["task"].max_accumulation_steps == 2
     assert names["task"].loss.delta == names["lm"].loss.delta == 0.1
     assert names["tagger"].loss.ignore_class == -100
+
+
+@pytest.mark.slow
+def test_fused_lm_block(monkeypatch, tmp_path):
+    hub = pytest.importorskip("keras_hub")
+    import keras_as_softmax
+
+    monkeypatch.setattr(hub.models.GPT2CausalLM, "from_preset", tiny_models(hub)[
+        hub.models.GPT2CausalLM])
+    monkeypatch.chdir(tmp_path)
+    (block,) = [b for b in BLOCKS if "fuse_output_projection(lm)" in b]
+    texts = np.array([" ".join(RNG.choice(WORDS, RNG.integers(2, 6))) for _ in range(16)])
+    names = {"keras": keras, "keras_hub": hub, "keras_as_softmax": keras_as_softmax,
+             "texts": texts}
+    keras.utils.set_random_seed(0)
+    exec(compile(block, "README.md", "exec"), names)
+    # Loaded back converted, its loss bound to the tied embedding again.
+    lm = names["lm"]
+    assert isinstance(lm, keras_as_softmax.fused_projection.FusedProjectionOf)
+    assert lm.loss.kernel is lm.backbone.token_embedding.embeddings
