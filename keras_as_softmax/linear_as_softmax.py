@@ -21,6 +21,7 @@ from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import _cast_delta
 from keras_as_softmax.as_softmax import _sparse_losses_and_masked
 from keras_as_softmax.as_softmax import _single_label_core
+from keras_as_softmax.backend import sequential_while_loop
 from keras_as_softmax.input_checks import class_id_flags
 from keras_as_softmax.input_checks import validate_delta
 
@@ -343,7 +344,7 @@ def _chunked_losses(
         masked = ops.slice_update(masked, (start,), chunk_masked)
         return index + 1, losses, masked
 
-    _, losses, masked = ops.while_loop(
+    _, losses, masked = sequential_while_loop(
         lambda index, *_: index < num_chunks,
         forward_chunk,
         (
@@ -409,7 +410,7 @@ def _chunked_losses(
                 grad_bias = grad_bias + ops.sum(grad_logits, axis=0)
                 return index + 1, grad_hidden, grad_kernel, grad_bias
 
-            _, sorted_grad_hidden, grad_kernel, grad_bias = ops.while_loop(
+            _, sorted_grad_hidden, grad_kernel, grad_bias = sequential_while_loop(
                 lambda index, *_: index < num_needed_chunks,
                 backward_chunk,
                 (

@@ -10,18 +10,21 @@ if _BACKEND == "tensorflow":
     from keras_as_softmax.backend.tensorflow import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.tensorflow import host_function
     from keras_as_softmax.backend.tensorflow import known_values
+    from keras_as_softmax.backend.tensorflow import sequential_while_loop
     from keras_as_softmax.backend.tensorflow import sum_across_replicas
 elif _BACKEND == "jax":
     from keras_as_softmax.backend.jax import branch_value
     from keras_as_softmax.backend.jax import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.jax import host_function
     from keras_as_softmax.backend.jax import known_values
+    from keras_as_softmax.backend.jax import sequential_while_loop
     from keras_as_softmax.backend.jax import sum_across_replicas
 elif _BACKEND == "torch":
     from keras_as_softmax.backend.torch import branch_value
     from keras_as_softmax.backend.torch import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.torch import host_function
     from keras_as_softmax.backend.torch import known_values
+    from keras_as_softmax.backend.torch import sequential_while_loop
     from keras_as_softmax.backend.torch import sum_across_replicas
 else:
     raise ImportError(
@@ -34,5 +37,6 @@ __all__ = [
     "fused_sparse_as_softmax_loss",
     "host_function",
     "known_values",
+    "sequential_while_loop",
     "sum_across_replicas",
 ]

@@ -1,6 +1,7 @@
 """JAX-specific operations (they import nothing of this package)."""
 
 import jax
+import keras
 import numpy as np
 
 
@@ -38,3 +39,7 @@ def host_function(function):
     """`function` as it is: JAX's host code runs outside its traces (only
     PyTorch compiles Python that a step calls)."""
     return function
+
+
+# JAX runs a loop's iterations one at a time.
+sequential_while_loop = keras.ops.while_loop

@@ -41,3 +41,18 @@ def host_function(function):
     """`function` as it is: TensorFlow's host code runs outside its graphs
     (only PyTorch compiles Python that a step calls)."""
     return function
+
+
+def sequential_while_loop(cond, body, loop_vars):
+    """`keras.ops.while_loop` with one iteration at a time: TensorFlow's
+    graph executor otherwise runs up to 10 iterations at once, each with its
+    own buffers (10 chunks of logits where the fused loss wants one).
+
+    Example:
+
+    >>> int(sequential_while_loop(lambda i: i < 3, lambda i: (i + 1,), (0,))[0])
+    3
+    """
+    return tf.while_loop(
+        cond, lambda *args: tuple(body(*args)), tuple(loop_vars), parallel_iterations=1
+    )

@@ -1,5 +1,6 @@
 """PyTorch-specific operations (they import nothing of this package)."""
 
+import keras
 import torch
 
 
@@ -241,3 +242,7 @@ def host_function(function):
     1
     """
     return torch.compiler.disable(function)
+
+
+# Eager PyTorch runs a loop's iterations one at a time.
+sequential_while_loop = keras.ops.while_loop
