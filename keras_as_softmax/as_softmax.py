@@ -465,11 +465,17 @@ def _sparse_losses_and_masked(
         y_true, y_pred, delta, from_logits, ignore_class, axis
     )
     losses, masked = _single_label_losses(target_index, scores, delta, from_logits)
+    return flag_class_ids(losses, masked, valid, in_range)
+
+
+def flag_class_ids(losses, masked, valid, in_range):
+    """`(losses, masked)` with the positions of `class_id_flags`'s flags
+    marked: ignored ones (`valid` False) get loss 0 and a Keras mask; an id
+    outside `[0, C)` (or not a whole number) that no check could see, in a
+    compiled step, gets a NaN loss, the same on every backend, and no
+    gradient: the logged loss shows it without a host sync, and the weights
+    stay as they were."""
     if in_range is not None:
-        # An id outside [0, C) (or not a whole number) that no check could
-        # see, in a compiled step, gets a NaN loss, the same on every
-        # backend, and no gradient: the logged loss shows it without a host
-        # sync, and the weights stay as they were.
         losses = ops.where(in_range, losses, np.nan)
         masked = ops.logical_and(masked, in_range)
     if valid is not None:

@@ -101,13 +101,8 @@ class AdaptiveModelOf(AdaptiveModel):
 
     def get_config(self):
         own_config = super(AdaptiveModel, self).get_config()
-        model = serialize_with_public_class(self.model_class, own_config) or {
-            "module": self.model_class.__module__,
-            "class_name": self.model_class.__name__,
-            "config": own_config,
-            "registered_name": None,
-        }
-        return {"model": model, **self.as_speed_config()}
+        return {"model": model_config(self.model_class, own_config),
+                **self.as_speed_config()}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -120,18 +115,35 @@ class AdaptiveModelOf(AdaptiveModel):
 
 def _adaptive_class(model_class):
     """`AdaptiveModelOf` for `model_class`, made once per class."""
-    if model_class not in _classes:
-        adaptive_class = type(
-            f"{model_class.__name__}WithASSpeed",
-            (AdaptiveModelOf, model_class),
-            {"model_class": model_class, "__module__": __name__},
+    return conversion_class(model_class, AdaptiveModelOf, "WithASSpeed", _REGISTERED_NAME)
+
+
+def conversion_class(model_class, base, suffix, registered_name):
+    """The class of a model of `model_class` converted in place: `base`
+    before `model_class`, named with `suffix`, made once per pair. Every such
+    class saves under `base`'s registered name, which keeps pointing at
+    `base` to load them (its `from_config` converts again)."""
+    key = (model_class, base)
+    if key not in _classes:
+        converted = type(
+            f"{model_class.__name__}{suffix}",
+            (base, model_class),
+            {"model_class": model_class, "__module__": base.__module__},
         )
-        # Save every such class under `AdaptiveModelOf`'s registered name,
-        # which keeps pointing at `AdaptiveModelOf` to load them.
         register = keras.saving.register_keras_serializable(
-            package="keras_as_softmax", name=_REGISTERED_NAME
+            package="keras_as_softmax", name=registered_name
         )
-        register(adaptive_class)
-        register(AdaptiveModelOf)
-        _classes[model_class] = adaptive_class
-    return _classes[model_class]
+        register(converted)
+        register(base)
+        _classes[key] = converted
+    return _classes[key]
+
+
+def model_config(model_class, own_config):
+    """A converted model's own serialized config, as its `model_class`."""
+    return serialize_with_public_class(model_class, own_config) or {
+        "module": model_class.__module__,
+        "class_name": model_class.__name__,
+        "config": own_config,
+        "registered_name": None,
+    }

@@ -19,11 +19,11 @@ from keras_as_softmax._keras_private import compile_metrics
 from keras_as_softmax._keras_private import drop_step_functions
 from keras_as_softmax._keras_private import is_functional
 from keras_as_softmax._keras_private import output_call
-from keras_as_softmax._keras_private import serialize_with_public_class
+from keras_as_softmax.existing_models import conversion_class
+from keras_as_softmax.existing_models import model_config
 from keras_as_softmax.linear_as_softmax import LinearSparseASSoftmaxCrossentropy
 
 _REGISTERED_NAME = "FusedProjectionOf"
-_classes = {}
 
 
 def fuse_output_projection(model):
@@ -72,7 +72,9 @@ def fuse_output_projection(model):
         raise ValueError(f"`{model.name}` already trains through the fused loss.")
     projection = OutputProjection.of(model)
     model_class = type(model)
-    model.__class__ = _fused_class(model_class)
+    model.__class__ = conversion_class(
+        model_class, FusedProjectionOf, "WithFusedLoss", _REGISTERED_NAME
+    )
     model._output_projection = projection
     drop_step_functions(model)
     model._bind_fused_loss(getattr(model, "loss", None))
@@ -213,16 +215,7 @@ class FusedProjectionOf:
         return self.get_metrics_result()
 
     def get_config(self):
-        own_config = super().get_config()
-        return {
-            "model": serialize_with_public_class(self.model_class, own_config)
-            or {
-                "module": self.model_class.__module__,
-                "class_name": self.model_class.__name__,
-                "config": own_config,
-                "registered_name": None,
-            }
-        }
+        return {"model": model_config(self.model_class, super().get_config())}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -230,20 +223,3 @@ class FusedProjectionOf:
             config["model"], custom_objects=custom_objects
         )
         return fuse_output_projection(model)
-
-
-def _fused_class(model_class):
-    """`FusedProjectionOf` for `model_class`, made once per class."""
-    if model_class not in _classes:
-        fused_class = type(
-            f"{model_class.__name__}WithFusedLoss",
-            (FusedProjectionOf, model_class),
-            {"model_class": model_class, "__module__": __name__},
-        )
-        register = keras.saving.register_keras_serializable(
-            package="keras_as_softmax", name=_REGISTERED_NAME
-        )
-        register(fused_class)
-        register(FusedProjectionOf)
-        _classes[model_class] = fused_class
-    return _classes[model_class]

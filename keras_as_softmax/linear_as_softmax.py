@@ -16,10 +16,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_as_softmax._keras_private import set_keras_mask
 from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import _cast_delta
 from keras_as_softmax.as_softmax import _sparse_losses_and_masked
+from keras_as_softmax.as_softmax import flag_class_ids
 from keras_as_softmax.as_softmax import _single_label_core
 from keras_as_softmax.backend import sequential_while_loop
 from keras_as_softmax.input_checks import class_id_flags
@@ -131,17 +131,9 @@ def linear_losses_and_masked(
         chunk_size or default_chunk_size(num_classes),
         transposed_kernel,
     )
-    losses = ops.reshape(losses, positions)
-    masked = ops.reshape(masked, positions)
-    if in_range is not None:
-        # As `sparse_as_softmax_crossentropy`: an unchecked id outside the
-        # vocabulary gets a NaN loss and no gradient.
-        losses = ops.where(in_range, losses, np.nan)
-        masked = ops.logical_and(masked, in_range)
-    if valid is not None:
-        losses = ops.where(valid, losses, 0.0)
-        set_keras_mask(losses, valid)
-    return losses, masked
+    return flag_class_ids(
+        ops.reshape(losses, positions), ops.reshape(masked, positions), valid, in_range
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")

@@ -167,10 +167,11 @@ def test_large_vocabulary_quick():
     rows = [line.strip("|").split("|") for line in output.splitlines()
             if line.startswith("| 512 ")]
     time_rows, (memory_row,) = rows[:-1], rows[-1:]
-    # delta 1, then delta 0.1 at 0, 50, 75 and 90 % of the rows confident.
-    assert [(row[1].strip(), row[2].strip()) for row in time_rows] == [
-        ("1.0", "0.00"), ("0.1", "0.00"), ("0.1", "0.50"), ("0.1", "0.75"), ("0.1", "0.90")
-    ]
+    # delta 1, then delta 0.1 at 0, 50, 75 and 90 % of the rows confident:
+    # the loss masks them (counted on every 8th row).
+    assert [row[1].strip() for row in time_rows] == ["1.0", "0.1", "0.1", "0.1", "0.1"]
+    masked = [float(row[2]) for row in time_rows]
+    assert masked == pytest.approx([0.0, 0.0, 0.5, 0.75, 0.9], abs=0.05)
     for row in time_rows:
         unfused, fused, ratio = (float(row[i].split()[0]) for i in (3, 4, 5))
         assert min(unfused, fused) >= 0 and ratio > 0
