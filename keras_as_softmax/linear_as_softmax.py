@@ -24,6 +24,7 @@ from keras_as_softmax.as_softmax import _single_label_core
 from keras_as_softmax.backend import sequential_while_loop
 from keras_as_softmax.input_checks import class_id_flags
 from keras_as_softmax.input_checks import validate_delta
+from keras_as_softmax.loss_wrapper import and_masks
 
 # The default chunk holds about this many logits (64 MiB of float32).
 CHUNK_ELEMENTS = 1 << 24
@@ -119,7 +120,7 @@ def linear_losses_and_masked(
     targets, valid, in_range = class_id_flags(
         targets, num_classes, ignore_class, predictions="`kernel`"
     )
-    counted = _and_optional(valid, in_range)
+    counted = and_masks(valid, in_range)
     positions = ops.shape(targets)
     losses, masked = _chunked_losses(
         ops.reshape(hidden, (-1, hidden.shape[-1])),
@@ -278,19 +279,19 @@ def _check_targets(y_true, hidden):
     return targets
 
 
-def _and_optional(mask, other):
-    if mask is None or other is None:
-        return other if mask is None else mask
-    return ops.logical_and(mask, other)
-
-
 def _logits(rows, kernel, bias, transposed_kernel):
     """The float32 logits of some rows of hidden states."""
     equation = "rh,vh->rv" if transposed_kernel else "rh,hv->rv"
     logits = ops.einsum(equation, rows, kernel)
     if bias is not None:
         logits = logits + ops.cast(bias, logits.dtype)
-    return ops.cast(logits, "float32") if logits.dtype != "float64" else logits
+    return ops.cast(logits, _statistics_dtype(logits))
+
+
+def _statistics_dtype(x):
+    """float64 for float64 inputs, else float32."""
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    return "float64" if dtype == "float64" else "float32"
 
 
 def _pad_rows(x, num_rows, value=0):
@@ -316,7 +317,7 @@ def _chunked_losses(
     rows_targets = _pad_rows(targets, padded_rows)
     kernel_value = ops.stop_gradient(kernel)
     bias_value = None if bias is None else ops.stop_gradient(bias)
-    float_dtype = "float64" if hidden.dtype == "float64" else "float32"
+    float_dtype = _statistics_dtype(hidden)
     delta = _cast_delta(delta, ops.zeros((), float_dtype))
 
     def chunk_statistics(start):
