@@ -7,7 +7,11 @@ the kernel) of the mean loss over `--tokens` positions,
 - unfused: `sparse_as_softmax_crossentropy(y, hidden @ kernel, delta)`, the
   logits materialised (at `delta=1` the same function is plain softmax
   cross-entropy);
-- fused: `linear_sparse_as_softmax_crossentropy(y, hidden, kernel, delta)`.
+- fused: `linear_sparse_as_softmax_crossentropy(y, hidden, kernel, delta)`,
+  per-position losses (its backward pass computes the logits again);
+- fused Loss: `LinearSparseASSoftmaxCrossentropy(kernel, delta=delta)(y,
+  hidden)`, the mean as a model trains with it (it knows its weights before
+  the loss, and computes the gradient in the forward pass).
 
 Cases: delta 1 (nothing can be masked), and delta 0.1 with 0 %, 50 %, 75 %
 and 90 % of the rows masked (those rows' hidden state points along their
@@ -60,13 +64,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import tables  # noqa: E402
+from keras_as_softmax import LinearSparseASSoftmaxCrossentropy  # noqa: E402
 from keras_as_softmax import linear_sparse_as_softmax_crossentropy  # noqa: E402
 from keras_as_softmax import sparse_as_softmax_crossentropy  # noqa: E402
 from keras_as_softmax.linear_as_softmax import default_chunk_size  # noqa: E402
 from keras_as_softmax.linear_as_softmax import linear_losses_and_masked  # noqa: E402
 
 CASES = ((1.0, 0.0), (0.1, 0.0), (0.1, 0.5), (0.1, 0.75), (0.1, 0.9))
-LOSSES = ("unfused", "fused")
+LOSSES = ("unfused", "fused", "fused Loss")
 GIB = 2.0**30
 
 
@@ -111,6 +116,10 @@ def gradient_function(loss, delta, chunk_size, jit_compile):
     from keras import ops
 
     def mean_loss(hidden, kernel, targets):
+        if loss == "fused Loss":
+            return LinearSparseASSoftmaxCrossentropy(
+                kernel, delta=delta, chunk_size=chunk_size
+            )(targets, hidden)
         if loss == "fused":
             losses = linear_sparse_as_softmax_crossentropy(
                 targets, hidden, kernel, delta, chunk_size=chunk_size
@@ -292,11 +301,12 @@ def main(argv=None):
         memory_rows.append(_memory_row(vocabulary, runs, gradients_gib))
     print()
     print("\n".join(tables.markdown_table(
-        ["V", "delta", "masked", "unfused s", "fused s", "fused/unfused"], time_rows)))
-    header = ["V", "peak growth unfused GiB", "fused GiB", "temporaries unfused GiB",
-              "fused GiB", "ratio"]
+        ["V", "delta", "masked", "unfused s", "fused s", "fused Loss s",
+         "fused/unfused", "fused Loss/unfused"], time_rows)))
+    header = ["V", "peak growth unfused GiB", "fused GiB", "fused Loss GiB",
+              "temporaries unfused GiB", "fused GiB", "fused Loss GiB", "ratios"]
     if backend == "jax":
-        header += ["XLA temporaries unfused GiB", "fused GiB", "ratio"]
+        header += ["XLA temporaries unfused GiB", "fused GiB", "fused Loss GiB", "ratios"]
     print()
     print("\n".join(tables.markdown_table(header, memory_rows)))
     chunk = args.chunk_size or "default"
@@ -319,7 +329,7 @@ def _time_rows(vocabulary, runs):
             vocabulary, delta, f"{runs['fused'][0]['masked'][key]:.2f}",
             *(f"{fastest[loss]:.2f} ({max(times[loss]) - fastest[loss]:.2f})"
               for loss in LOSSES),
-            f"{fastest['fused'] / fastest['unfused']:.2f}",
+            *(f"{fastest[loss] / fastest['unfused']:.2f}" for loss in LOSSES[1:]),
         ])
     return rows
 
@@ -330,12 +340,16 @@ def _memory_row(vocabulary, runs, gradients_gib):
     peak = [max(run["peak_gib"] for run in runs[loss]) for loss in LOSSES]
     temporaries = [max(value - gradients_gib, 1e-9) for value in peak]
     row = [vocabulary, *(f"{value:.2f}" for value in peak),
-           *(f"{value:.2f}" for value in temporaries),
-           f"1/{temporaries[0] / temporaries[1]:.1f}"]
+           *(f"{value:.2f}" for value in temporaries), _ratios(temporaries)]
     if runs["fused"][0]["xla_temp_gib"] is not None:
         temps = [runs[loss][0]["xla_temp_gib"] for loss in LOSSES]
-        row += [f"{temps[0]:.3f}", f"{temps[1]:.3f}", f"1/{temps[0] / temps[1]:.1f}"]
+        row += [*(f"{value:.3f}" for value in temps), _ratios(temps)]
     return row
+
+
+def _ratios(values):
+    """"1/a, 1/b": the unfused value over each fused one."""
+    return ", ".join(f"1/{values[0] / value:.1f}" for value in values[1:])
 
 
 if __name__ == "__main__":

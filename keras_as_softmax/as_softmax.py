@@ -132,9 +132,7 @@ def sparse_as_softmax_mask(
     target_index, scores, delta, valid, in_range = _prepare_sparse(
         y_true, y_pred, delta, from_logits, ignore_class, axis
     )
-    _, masked, keep, _, _ = _single_label_core(
-        target_index, scores, delta, from_logits
-    )
+    _, masked, keep = _single_label_core(target_index, scores, delta, from_logits)[:3]
     if in_range is not None:
         masked = ops.logical_and(masked, in_range)
     counted = counted_positions(masked, and_masks(valid, mask), sample_weight)
@@ -169,9 +167,7 @@ def as_softmax_mask(
     (1, 2)
     """
     target_index, scores, delta = _prepare_one_hot(y_true, y_pred, delta, axis)
-    _, masked, keep, _, _ = _single_label_core(
-        target_index, scores, delta, from_logits
-    )
+    _, masked, keep = _single_label_core(target_index, scores, delta, from_logits)[:3]
     counted = counted_positions(masked, mask, sample_weight)
     return (keep, *count_masked(masked, counted))
 
@@ -540,7 +536,9 @@ def _single_label_core(target_index, scores, delta, from_logits):
     `log(sum of kept p) - log(p_t)`, with `p_t` clipped to `[epsilon, 1 -
     epsilon]` for probabilities as Keras clips it, so that at `delta = 1` it
     is Keras's cross-entropy. The mask is a comparison: no gradient flows
-    through it.
+    through it. From logits the probabilities are never divided out: `p`
+    times the positions' sum of `exp(z - max z)` is compared with the
+    threshold `logit_statistics` gives (see `kept_exps`).
 
     Args:
         target_index: int32 class ids, the positions' shape plus an axis of
@@ -550,39 +548,75 @@ def _single_label_core(target_index, scores, delta, from_logits):
         from_logits: Whether `scores` are logits.
 
     Returns:
-        A tuple `(losses, masked, keep, kept_probs, kept_sum)`: the losses
-        and the masked flags per position; the boolean keep mask and the
-        kept probabilities (0 where dropped), shape of `scores`; their sum
-        per position, with a last axis of size 1.
+        A tuple `(losses, masked, keep, kept, kept_sum, statistics)`: the
+        losses and the masked flags per position; the boolean keep mask and
+        the kept probabilities times a factor per position (0 where
+        dropped), shape of `scores`; their sum per position, with a last
+        axis of size 1 (the gradient of the loss with respect to the logits
+        is `kept / kept_sum - onehot(t)`); from logits, the statistics of
+        `logit_statistics` (else None).
     """
+    statistics = None
     if from_logits:
-        probs = ops.softmax(scores, axis=-1)
-        target_log_prob = ops.take_along_axis(
-            ops.log_softmax(scores, axis=-1), target_index, axis=-1
-        )
-        target_prob = ops.take_along_axis(probs, target_index, axis=-1)
+        exps, statistics = logit_statistics(target_index, scores, delta)
+        keep, kept = kept_exps(scores, exps, statistics)
+        target_exp = ops.take_along_axis(exps, target_index, axis=-1)
+        # `log(p_t)` up to the factor's log: exact where `p_t` underflows.
+        target_log_prob = statistics[1] - statistics[0]
     else:
         probs = scores / ops.sum(scores, axis=-1, keepdims=True)
-        target_prob = ops.take_along_axis(probs, target_index, axis=-1)
+        target_exp = ops.take_along_axis(probs, target_index, axis=-1)
         epsilon = keras.backend.epsilon()
-        target_log_prob = ops.log(ops.clip(target_prob, epsilon, 1.0 - epsilon))
-    keep = ops.greater_equal(probs, target_prob - delta)
-    if from_logits:
-        # Classes at or above the target's logit are kept whatever `exp`'s
-        # rounding (TensorFlow rounds equal inputs differently within a row).
-        target_logit = ops.take_along_axis(scores, target_index, axis=-1)
-        keep = ops.logical_or(keep, ops.greater_equal(scores, target_logit))
-    kept_probs = ops.where(keep, probs, 0.0)
-    kept_sum = ops.sum(kept_probs, axis=-1, keepdims=True)
-    masked = ops.equal(kept_sum, target_prob)
+        target_log_prob = ops.log(ops.clip(target_exp, epsilon, 1.0 - epsilon))
+        keep = ops.greater_equal(probs, target_exp - delta)
+        kept = ops.where(keep, probs, 0.0)
+    kept_sum = ops.sum(kept, axis=-1, keepdims=True)
+    masked = ops.equal(kept_sum, target_exp)
     losses = ops.where(masked, 0.0, ops.log(kept_sum) - target_log_prob)
     return (
         ops.squeeze(losses, axis=-1),
         ops.squeeze(masked, axis=-1),
         keep,
-        kept_probs,
+        kept,
         kept_sum,
+        statistics,
     )
+
+
+def logit_statistics(target_index, logits, delta):
+    """What AS-Softmax keeps of each position's logits, in three numbers.
+
+    Args:
+        target_index: int32 class ids, the positions' shape plus an axis of
+            size 1.
+        logits: The logits, classes last.
+        delta: A float, or a scalar tensor of the dtype of `logits`.
+
+    Returns:
+        A tuple `(exps, statistics)`: `exp(logits - max)`, and per position
+        `(max, target logit, threshold)`, each with a last axis of size 1,
+        the threshold `exp(z_t - max) - delta * sum(exps)` (`p_t - delta`
+        times the sum). `kept_exps` applies them to the logits again.
+    """
+    row_max = ops.max(logits, axis=-1, keepdims=True)
+    exps = ops.exp(logits - row_max)
+    threshold = ops.take_along_axis(exps, target_index, axis=-1) - delta * ops.sum(
+        exps, axis=-1, keepdims=True
+    )
+    target_logit = ops.take_along_axis(logits, target_index, axis=-1)
+    return exps, (row_max, target_logit, threshold)
+
+
+def kept_exps(logits, exps, statistics):
+    """`(keep, kept)`: the classes AS-Softmax keeps, `exps` there and 0
+    elsewhere, from `logit_statistics`' outputs. A class whose logit is at
+    least the target's is kept whatever `exp`'s rounding (TensorFlow rounds
+    equal inputs differently within a row)."""
+    _, target_logit, threshold = statistics
+    keep = ops.logical_or(
+        ops.greater_equal(exps, threshold), ops.greater_equal(logits, target_logit)
+    )
+    return keep, ops.where(keep, exps, 0.0)
 
 
 def _single_label_losses(target_index, scores, delta, from_logits):
@@ -602,7 +636,7 @@ def _single_label_losses(target_index, scores, delta, from_logits):
 def _logit_losses(target_index, logits, delta):
     """`_single_label_losses` from logits in `keras.ops`, on every backend."""
     # No gradient flows through the statistics: the gradient is written out.
-    losses, masked, _, kept_probs, kept_sum = _single_label_core(
+    losses, masked, _, kept, kept_sum, _ = _single_label_core(
         target_index, ops.stop_gradient(logits), delta, from_logits=True
     )
 
@@ -612,7 +646,7 @@ def _logit_losses(target_index, logits, delta):
             if upstream is None:
                 (upstream,) = args
             upstream = ops.expand_dims(ops.where(masked, 0.0, upstream), -1)
-            grad = kept_probs * (upstream / kept_sum)
+            grad = kept * (upstream / kept_sum)
             classes = ops.arange(ops.shape(logits)[-1], dtype="int32")
             return ops.where(
                 ops.equal(classes, target_index), grad - upstream, grad

@@ -5,7 +5,8 @@ memory than the model once the vocabulary is large (8 GiB of temporaries for
 the gradient at 8192 tokens x 128k classes). The fused loss never holds them
 whole: it computes the logits of a chunk of rows at a time, applies the
 AS-Softmax core (`keras_as_softmax.as_softmax._single_label_core`) to them,
-and keeps two numbers per row. Its gradient recomputes each chunk's logits.
+and keeps a few numbers per row. Its gradient recomputes each chunk's logits
+and, from those numbers, the classes the forward pass kept.
 A row that AS-Softmax masks (or that is ignored) has exactly zero gradient,
 so the backward pass leaves it out: it gathers the rows that need a gradient
 and runs only as many chunks as they fill. Written in `keras.ops`, the same
@@ -16,10 +17,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_as_softmax._keras_private import get_keras_mask
+from keras_as_softmax._keras_private import set_keras_mask
 from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import _cast_delta
 from keras_as_softmax.as_softmax import _sparse_losses_and_masked
 from keras_as_softmax.as_softmax import flag_class_ids
+from keras_as_softmax.as_softmax import kept_exps
 from keras_as_softmax.as_softmax import _single_label_core
 from keras_as_softmax.backend import sequential_while_loop
 from keras_as_softmax.input_checks import class_id_flags
@@ -109,10 +113,18 @@ def linear_losses_and_masked(
     ignore_class=None,
     transposed_kernel=False,
     chunk_size=None,
+    reduction_weights=None,
 ):
     """`(losses, masked)` of `linear_sparse_as_softmax_crossentropy`: the
     losses (with a Keras mask where `ignore_class` leaves positions out)
-    and, from the same computation, where the loss masks a position."""
+    and, from the same computation, where the loss masks a position.
+
+    With `reduction_weights`, a function from the losses' Keras mask (None
+    without `ignore_class`) to a weight per position, it returns `(total,
+    losses, masked)`: `total` is the weighted sum of the losses, with the
+    gradient, which the forward pass computes (a `Loss` knows its weights
+    before the loss: this saves a product), and `losses` have none.
+    """
     delta = validate_delta(delta)
     hidden, kernel, bias = _check_projection(hidden, kernel, bias, transposed_kernel)
     num_classes = kernel.shape[0] if transposed_kernel else kernel.shape[1]
@@ -122,7 +134,14 @@ def linear_losses_and_masked(
     )
     counted = and_masks(valid, in_range)
     positions = ops.shape(targets)
-    losses, masked = _chunked_losses(
+    coefficients = None
+    if reduction_weights is not None:
+        # Zeros as the losses will be: their shape, dtype and Keras mask.
+        template = ops.zeros(positions, _statistics_dtype(hidden))
+        if valid is not None:
+            set_keras_mask(template, valid)
+        coefficients = ops.reshape(reduction_weights(template), (-1,))
+    outputs = _chunked_losses(
         ops.reshape(hidden, (-1, hidden.shape[-1])),
         kernel,
         bias,
@@ -131,10 +150,24 @@ def linear_losses_and_masked(
         delta,
         chunk_size or default_chunk_size(num_classes),
         transposed_kernel,
+        coefficients,
     )
-    return flag_class_ids(
-        ops.reshape(losses, positions), ops.reshape(masked, positions), valid, in_range
+    losses, masked = flag_class_ids(
+        ops.reshape(outputs[-2], positions),
+        ops.reshape(outputs[-1], positions),
+        valid,
+        in_range,
     )
+    if reduction_weights is None:
+        return losses, masked
+    total = outputs[0]
+    if in_range is not None:
+        # NaN where the losses are NaN, as the unfused loss's mean is.
+        out_of_range = ops.logical_not(in_range)
+        if valid is not None:
+            out_of_range = ops.logical_and(out_of_range, valid)
+        total = ops.where(ops.any(out_of_range), np.nan, total)
+    return total, losses, masked
 
 
 @keras.saving.register_keras_serializable(package="keras_as_softmax")
@@ -195,15 +228,7 @@ class LinearSparseASSoftmaxCrossentropy(ASLoss):
         self.bias = bias
 
     def losses_and_masked(self, y_true, y_pred):
-        if self.kernel is None:
-            raise ValueError(
-                f"`{self.name}` has no `kernel`: set `loss.kernel` to the "
-                "output projection's kernel (and `loss.bias`) before calling "
-                "it, or convert the model with `fuse_output_projection`."
-            )
-        num_classes = self.kernel.shape[0 if self.transposed_kernel else 1]
-        hidden_size = self.kernel.shape[1 if self.transposed_kernel else 0]
-        if y_pred.shape[-1] == num_classes and num_classes != hidden_size:
+        if not self._projects(y_pred):
             # Logits, as a fused model gives them outside training.
             return _sparse_losses_and_masked(
                 y_true, y_pred, self.current_delta, ignore_class=self.ignore_class
@@ -216,6 +241,44 @@ class LinearSparseASSoftmaxCrossentropy(ASLoss):
             bias=self.bias,
             **self._fn_arguments(),
         )
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if self.reduction in (None, "none") or not self._projects(y_pred):
+            return super().__call__(y_true, y_pred, sample_weight)
+        # The loss knows its reduction's weights first, and the fused loss
+        # computes the gradient of their sum in its forward pass.
+        in_mask = get_keras_mask(y_pred)
+        with keras.name_scope(self.name):
+            y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+            reduced_with = []
+
+            def reduction_weights(losses):
+                reduced_with[:] = self._mask_and_weights(in_mask, losses, sample_weight)
+                return self._reduction_weights(losses, *reduced_with)
+
+            total, losses, masked = self.fn(
+                y_true,
+                y_pred,
+                self.current_delta,
+                kernel=self.kernel,
+                bias=self.bias,
+                reduction_weights=reduction_weights,
+                **self._fn_arguments(),
+            )
+            self._seen(masked, losses, *reduced_with)
+            return ops.cast(total, self.dtype)
+
+    def _projects(self, y_pred):
+        """Whether `y_pred` holds hidden states (not logits) to project."""
+        if self.kernel is None:
+            raise ValueError(
+                f"`{self.name}` has no `kernel`: set `loss.kernel` to the "
+                "output projection's kernel (and `loss.bias`) before calling "
+                "it, or convert the model with `fuse_output_projection`."
+            )
+        num_classes = self.kernel.shape[0 if self.transposed_kernel else 1]
+        hidden_size = self.kernel.shape[1 if self.transposed_kernel else 0]
+        return y_pred.shape[-1] != num_classes or num_classes == hidden_size
 
 
 def _check_projection(hidden, kernel, bias, transposed_kernel):
@@ -302,129 +365,243 @@ def _pad_rows(x, num_rows, value=0):
 
 
 def _chunked_losses(
-    hidden, kernel, bias, targets, counted, delta, chunk_size, transposed_kernel
+    hidden,
+    kernel,
+    bias,
+    targets,
+    counted,
+    delta,
+    chunk_size,
+    transposed_kernel,
+    coefficients=None,
 ):
     """Per row of `hidden` `(N, H)`: `(losses, masked)`, with the gradient.
 
     The forward pass runs every chunk of `chunk_size` rows; the backward
     pass only the chunks that the rows with a gradient fill (rows neither
     masked nor left out by `counted`), gathered first.
+
+    With `coefficients` `(N,)`, it returns `(total, losses, masked)`: `total`
+    is `sum(coefficients * losses)`, with the gradient, which the forward
+    pass computes: a chunk whose rows mostly need a gradient gets it from
+    the logits at hand (three products per chunk, where the backward pass
+    needs four), and the rows of the other chunks are gathered as above.
     """
     num_rows = ops.shape(hidden)[0]
     num_chunks = (num_rows + chunk_size - 1) // chunk_size
     padded_rows = num_chunks * chunk_size
-    rows_hidden = _pad_rows(ops.stop_gradient(hidden), padded_rows)
-    rows_targets = _pad_rows(targets, padded_rows)
-    kernel_value = ops.stop_gradient(kernel)
-    bias_value = None if bias is None else ops.stop_gradient(bias)
     float_dtype = _statistics_dtype(hidden)
-    delta = _cast_delta(delta, ops.zeros((), float_dtype))
+    projection = _Projection(
+        _pad_rows(ops.stop_gradient(hidden), padded_rows),
+        _pad_rows(targets, padded_rows),
+        ops.stop_gradient(kernel),
+        None if bias is None else ops.stop_gradient(bias),
+        _cast_delta(delta, ops.zeros((), float_dtype)),
+        chunk_size,
+        transposed_kernel,
+    )
+    counted = None if counted is None else _pad_rows(counted, padded_rows, False)
+    if coefficients is not None:
+        coefficients = _pad_rows(ops.cast(coefficients, float_dtype), padded_rows)
 
-    def chunk_statistics(start):
-        rows = ops.slice(rows_hidden, (start, 0), (chunk_size, hidden.shape[-1]))
-        target_index = ops.expand_dims(
-            ops.slice(rows_targets, (start,), (chunk_size,)), -1
-        )
-        logits = _logits(rows, kernel_value, bias_value, transposed_kernel)
-        return rows, target_index, _single_label_core(
-            target_index, logits, delta, from_logits=True
-        )
-
-    def forward_chunk(index, losses, masked):
+    def forward_chunk(index, losses, masked, statistics, *needs_and_gradients):
         start = index * chunk_size
-        _, _, (chunk_losses, chunk_masked, _, _, _) = chunk_statistics(start)
+        rows, target_index = projection.chunk(projection.hidden, projection.targets, start)
+        logits = projection.logits(rows)
+        chunk_losses, chunk_masked, _, kept, kept_sum, chunk_statistics = (
+            _single_label_core(target_index, logits, projection.delta, from_logits=True)
+        )
         losses = ops.slice_update(losses, (start,), chunk_losses)
         masked = ops.slice_update(masked, (start,), chunk_masked)
-        return index + 1, losses, masked
+        statistics = ops.slice_update(
+            statistics, (start, 0), ops.concatenate(chunk_statistics, -1)
+        )
+        if coefficients is None:
+            return index + 1, losses, masked, statistics
+        needs, gradients = needs_and_gradients
+        chunk_needs = ops.logical_not(chunk_masked)
+        if counted is not None:
+            chunk_needs = ops.logical_and(
+                chunk_needs, ops.slice(counted, (start,), (chunk_size,))
+            )
+        # Now, two products over the chunk; later, three over its rows.
+        now = 3 * ops.sum(ops.cast(chunk_needs, "int32")) > 2 * chunk_size
+        weights = ops.where(
+            chunk_needs, ops.slice(coefficients, (start,), (chunk_size,)), 0.0
+        )
+        gradients = ops.cond(
+            now,
+            lambda: projection.add_gradients(
+                gradients, start, rows, target_index, kept, kept_sum, weights
+            ),
+            lambda: gradients,
+        )
+        needs = ops.slice_update(
+            needs, (start,), ops.logical_and(chunk_needs, ops.logical_not(now))
+        )
+        return index + 1, losses, masked, statistics, needs, gradients
 
-    _, losses, masked = sequential_while_loop(
-        lambda index, *_: index < num_chunks,
-        forward_chunk,
-        (
-            ops.convert_to_tensor(0, "int32"),
-            ops.zeros((padded_rows,), float_dtype),
-            ops.zeros((padded_rows,), "bool"),
-        ),
+    loop_vars = (
+        ops.convert_to_tensor(0, "int32"),
+        ops.zeros((padded_rows,), float_dtype),
+        ops.zeros((padded_rows,), "bool"),
+        ops.zeros((padded_rows, 3), float_dtype),
     )
+    if coefficients is not None:
+        # The rows left for later, and the gradients so far.
+        loop_vars += (ops.zeros((padded_rows,), "bool"), projection.zero_gradients())
+    _, losses, masked, statistics, *needs_and_gradients = sequential_while_loop(
+        lambda index, *_: index < num_chunks, forward_chunk, loop_vars
+    )
+    inputs = (hidden, kernel) + (() if bias is None else (bias,))
+
+    def returned(grads):
+        grad_hidden = ops.cast(grads[0][:num_rows], hidden.dtype)
+        return (grad_hidden, ops.cast(grads[1], kernel.dtype)) + tuple(
+            ops.cast(grads[2], bias.dtype) for _ in inputs[2:]
+        )
+
+    if coefficients is not None:
+        grads = projection.gathered_gradients(
+            needs_and_gradients[1], statistics, needs_and_gradients[0], coefficients
+        )
+
+        @ops.custom_gradient
+        def with_total_gradient(*inputs):
+            def gradient(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                upstream = ops.cast(upstream, float_dtype)
+                return returned(tuple(grad * upstream for grad in grads))
+
+            return ops.sum(coefficients * losses), gradient
+
+        return with_total_gradient(*inputs), losses[:num_rows], masked[:num_rows]
+
     needs = ops.logical_not(masked)
     if counted is not None:
-        needs = ops.logical_and(needs, _pad_rows(counted, padded_rows, False))
-    # Rows with a gradient first: chunk k of `order` holds rows to backprop.
-    order = ops.cast(ops.argsort(ops.cast(ops.logical_not(needs), "int32")), "int32")
-    num_needed_chunks = (
-        ops.sum(ops.cast(needs, "int32")) + chunk_size - 1
-    ) // chunk_size
-    classes = ops.arange(kernel.shape[0] if transposed_kernel else kernel.shape[1])
+        needs = ops.logical_and(needs, counted)
 
     @ops.custom_gradient
-    def with_gradient(hidden, kernel, *maybe_bias):
+    def with_gradient(*inputs):
         def gradient(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            weights = ops.where(
-                needs, _pad_rows(ops.cast(upstream, float_dtype), padded_rows), 0.0
+            upstream = _pad_rows(ops.cast(upstream, float_dtype), padded_rows)
+            return returned(
+                projection.gathered_gradients(
+                    projection.zero_gradients(), statistics, needs, upstream
+                )
             )
-            # The row order keeps the `(rows, classes)` gradient of each
-            # chunk in the order of `order`; row gradients are scattered back.
-            sorted_hidden = ops.take(rows_hidden, order, axis=0)
-            sorted_targets = ops.take(rows_targets, order, axis=0)
-            sorted_weights = ops.take(weights, order, axis=0)
-
-            def backward_chunk(index, grad_hidden, grad_kernel, grad_bias):
-                start = index * chunk_size
-                rows = ops.slice(sorted_hidden, (start, 0), (chunk_size, hidden.shape[-1]))
-                target_index = ops.expand_dims(
-                    ops.slice(sorted_targets, (start,), (chunk_size,)), -1
-                )
-                upstream_rows = ops.expand_dims(
-                    ops.slice(sorted_weights, (start,), (chunk_size,)), -1
-                )
-                logits = _logits(rows, kernel_value, bias_value, transposed_kernel)
-                _, _, _, kept_probs, kept_sum = _single_label_core(
-                    target_index, logits, delta, from_logits=True
-                )
-                grad_logits = kept_probs * (upstream_rows / kept_sum)
-                grad_logits = ops.where(
-                    ops.equal(classes, target_index),
-                    grad_logits - upstream_rows,
-                    grad_logits,
-                )
-                grad_rows = ops.cast(grad_logits, rows.dtype)
-                if transposed_kernel:
-                    chunk_hidden = ops.matmul(grad_rows, kernel_value)
-                    chunk_kernel = ops.einsum("rv,rh->vh", grad_rows, rows)
-                else:
-                    chunk_hidden = ops.einsum("rv,hv->rh", grad_rows, kernel_value)
-                    chunk_kernel = ops.einsum("rh,rv->hv", rows, grad_rows)
-                grad_hidden = ops.slice_update(
-                    grad_hidden, (start, 0), ops.cast(chunk_hidden, float_dtype)
-                )
-                grad_kernel = grad_kernel + ops.cast(chunk_kernel, float_dtype)
-                grad_bias = grad_bias + ops.sum(grad_logits, axis=0)
-                return index + 1, grad_hidden, grad_kernel, grad_bias
-
-            _, sorted_grad_hidden, grad_kernel, grad_bias = sequential_while_loop(
-                lambda index, *_: index < num_needed_chunks,
-                backward_chunk,
-                (
-                    ops.convert_to_tensor(0, "int32"),
-                    ops.zeros((padded_rows, hidden.shape[-1]), float_dtype),
-                    ops.zeros(kernel.shape, float_dtype),
-                    ops.zeros(classes.shape, float_dtype),
-                ),
-            )
-            grad_hidden = ops.scatter(
-                ops.expand_dims(order, -1), sorted_grad_hidden, (padded_rows, hidden.shape[-1])
-            )[:num_rows]
-            grads = (
-                ops.cast(grad_hidden, hidden.dtype),
-                ops.cast(grad_kernel, kernel.dtype),
-            )
-            if maybe_bias:
-                grads += (ops.cast(grad_bias, maybe_bias[0].dtype),)
-            return grads
 
         return losses[:num_rows], gradient
 
-    projection = (hidden, kernel) + (() if bias is None else (bias,))
-    return with_gradient(*projection), masked[:num_rows]
+    return with_gradient(*inputs), masked[:num_rows]
+
+
+class _Projection:
+    """The padded rows, targets and projection of `_chunked_losses`, and the
+    gradient computations that its forward and backward passes share."""
+
+    def __init__(
+        self, hidden, targets, kernel, bias, delta, chunk_size, transposed_kernel
+    ):
+        self.hidden = hidden
+        self.targets = targets
+        self.kernel = kernel
+        self.bias = bias
+        self.delta = delta
+        self.chunk_size = chunk_size
+        self.transposed_kernel = transposed_kernel
+        self.dtype = _statistics_dtype(hidden)
+        num_classes = kernel.shape[0] if transposed_kernel else kernel.shape[1]
+        self.classes = ops.arange(num_classes)
+
+    def chunk(self, hidden, targets, start):
+        """The chunk of rows from `start`, and their targets, `(rows, 1)`."""
+        rows = ops.slice(hidden, (start, 0), (self.chunk_size, hidden.shape[-1]))
+        targets = ops.slice(targets, (start,), (self.chunk_size,))
+        return rows, ops.expand_dims(targets, -1)
+
+    def logits(self, rows):
+        return _logits(rows, self.kernel, self.bias, self.transposed_kernel)
+
+    def zero_gradients(self):
+        """Zeros for the gradients of the padded hidden rows, the kernel and
+        the bias, float32 (float64 for float64 inputs)."""
+        return (
+            ops.zeros(ops.shape(self.hidden), self.dtype),
+            ops.zeros(self.kernel.shape, self.dtype),
+            ops.zeros(self.classes.shape, self.dtype),
+        )
+
+    def add_gradients(
+        self, gradients, start, rows, target_index, kept, kept_sum, weights
+    ):
+        """`gradients` plus those of `sum(weights * losses)` over the chunk
+        of `rows` from `start`, whose kept classes are `kept` (summing to
+        `kept_sum`, as `_single_label_core` gives them)."""
+        grad_hidden, grad_kernel, grad_bias = gradients
+        weights = ops.expand_dims(weights, -1)
+        grad_logits = kept * (weights / kept_sum)
+        grad_logits = ops.where(
+            ops.equal(self.classes, target_index), grad_logits - weights, grad_logits
+        )
+        grad_rows = ops.cast(grad_logits, rows.dtype)
+        if self.transposed_kernel:
+            chunk_hidden = ops.matmul(grad_rows, self.kernel)
+            chunk_kernel = ops.einsum("rv,rh->vh", grad_rows, rows)
+        else:
+            chunk_hidden = ops.einsum("rv,hv->rh", grad_rows, self.kernel)
+            chunk_kernel = ops.einsum("rh,rv->hv", rows, grad_rows)
+        dtype = grad_kernel.dtype
+        return (
+            ops.slice_update(grad_hidden, (start, 0), ops.cast(chunk_hidden, dtype)),
+            grad_kernel + ops.cast(chunk_kernel, dtype),
+            grad_bias + ops.sum(grad_logits, axis=0),
+        )
+
+    def gathered_gradients(self, gradients, statistics, needs, weights):
+        """`gradients` plus those of `sum(weights * losses)` over the rows
+        where `needs`: gathered first, their logits computed again, and
+        the classes kept found from the forward pass's `statistics`."""
+        chunk_size = self.chunk_size
+        # Rows with a gradient first: chunk k of `order` holds rows to backprop.
+        order = ops.cast(ops.argsort(ops.cast(ops.logical_not(needs), "int32")), "int32")
+        num_chunks = (ops.sum(ops.cast(needs, "int32")) + chunk_size - 1) // chunk_size
+        sorted_hidden = ops.take(self.hidden, order, axis=0)
+        sorted_targets = ops.take(self.targets, order, axis=0)
+        sorted_weights = ops.take(ops.where(needs, weights, 0.0), order, axis=0)
+        sorted_statistics = ops.take(statistics, order, axis=0)
+
+        def backward_chunk(index, gradients):
+            start = index * chunk_size
+            rows, target_index = self.chunk(sorted_hidden, sorted_targets, start)
+            chunk_statistics = ops.split(
+                ops.slice(sorted_statistics, (start, 0), (chunk_size, 3)), 3, -1
+            )
+            logits = self.logits(rows)
+            _, kept = kept_exps(
+                logits, ops.exp(logits - chunk_statistics[0]), chunk_statistics
+            )
+            # Summed again: the gradient then sums to zero over the classes.
+            kept_sum = ops.sum(kept, axis=-1, keepdims=True)
+            weights = ops.slice(sorted_weights, (start,), (chunk_size,))
+            return index + 1, self.add_gradients(
+                gradients, start, rows, target_index, kept, kept_sum, weights
+            )
+
+        grad_hidden, grad_kernel, grad_bias = gradients
+        _, (sorted_grad_hidden, grad_kernel, grad_bias) = sequential_while_loop(
+            lambda index, *_: index < num_chunks,
+            backward_chunk,
+            (
+                ops.convert_to_tensor(0, "int32"),
+                (ops.zeros_like(grad_hidden), grad_kernel, grad_bias),
+            ),
+        )
+        # The row gradients back in the rows' order.
+        grad_hidden = grad_hidden + ops.take(
+            sorted_grad_hidden, ops.argsort(order), axis=0
+        )
+        return grad_hidden, grad_kernel, grad_bias

@@ -91,18 +91,7 @@ class FunctionLoss(keras.losses.Loss):
         with keras.name_scope(self.name):
             y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
             losses, flags = self._losses_and_flags(y_true, y_pred)
-            mask = and_masks(in_mask, get_keras_mask(losses))
-            if sample_weight is not None:
-                # Keras cannot broadcast (B,) weights over (B, T) losses, nor
-                # weights over a mask on every backend: give them the losses'
-                # rank, and their shape where a mask needs it.
-                sample_weight = ops.cast(
-                    align_weights(sample_weight, losses), losses.dtype
-                )
-                if mask is not None or self.weights_fill_losses:
-                    sample_weight = ops.multiply(
-                        sample_weight, ops.ones_like(losses)
-                    )
+            mask, sample_weight = self._mask_and_weights(in_mask, losses, sample_weight)
             self._seen(flags, losses, mask, sample_weight)
             return reduce_weighted_values(
                 losses,
@@ -111,6 +100,37 @@ class FunctionLoss(keras.losses.Loss):
                 reduction=self.reduction,
                 dtype=self.dtype,
             )
+
+    def _mask_and_weights(self, in_mask, losses, sample_weight):
+        """`(mask, sample_weight)` that `__call__` reduces `losses` with:
+        `in_mask` and the losses' Keras mask, and the weights aligned."""
+        mask = and_masks(in_mask, get_keras_mask(losses))
+        if sample_weight is not None:
+            # Keras cannot broadcast (B,) weights over (B, T) losses, nor
+            # weights over a mask on every backend: give them the losses'
+            # rank, and their shape where a mask needs it.
+            sample_weight = ops.cast(align_weights(sample_weight, losses), losses.dtype)
+            if mask is not None or self.weights_fill_losses:
+                sample_weight = ops.multiply(sample_weight, ops.ones_like(losses))
+        return mask, sample_weight
+
+    def _reduction_weights(self, losses, mask, sample_weight):
+        """The weights `c`, shape of `losses`, for which `sum(c * losses)`
+        is `__call__`'s reduction of `losses` (all of Keras's reductions
+        but "none" are linear): what a loss that computes its gradient in
+        the forward pass needs to know first."""
+        ones = ops.ones_like(losses)
+        weights = reduce_weighted_values(
+            ones, sample_weight=sample_weight, mask=mask, reduction="none", dtype=self.dtype
+        )
+        total = reduce_weighted_values(
+            ones,
+            sample_weight=sample_weight,
+            mask=mask,
+            reduction=self.reduction,
+            dtype=self.dtype,
+        )
+        return weights * ops.divide_no_nan(total, ops.sum(weights))
 
 
 def and_masks(mask, other):

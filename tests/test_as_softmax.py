@@ -543,18 +543,15 @@ def test_loss_and_mask_helper_agree_at_borderline_deltas():
 def kernel_inputs(rng, num_classes, ties, dtype):
     """Logits `(400, C)` and class ids: confident rows as `random_inputs`
     makes them, or (`ties`) half-integer logits with many ties, and deltas
-    for them; with ties, some deltas are some row's `p_t - p_i` exactly, as
-    the softmax computes it in `dtype`."""
+    for them (none at some row's `p_t - p_i` exactly: there rounding
+    decides, and the core compares `exp(z - max)` where the kernels compare
+    `torch.softmax`)."""
     if not ties:
         targets, logits = random_inputs((400, num_classes), 3.0, seed=num_classes)
         return logits, targets, (0.0, 0.05, 0.1, 0.5, 1.0)
-    logits = (rng.integers(-4, 5, size=(400, num_classes)) * 0.5).astype("float32")
+    logits = (rng.integers(-4, 5, size=(400, num_classes)) * 0.5).astype(dtype)
     targets = rng.integers(0, num_classes, size=400)
-    p = ops.convert_to_numpy(ops.softmax(ops.cast(logits, dtype)))
-    rows = np.arange(400)
-    gaps = p[rows, targets] - p[rows, rng.integers(0, num_classes, size=400)]
-    gaps = gaps[gaps > 0]
-    return logits, targets, (0.0, 0.1, 1.0, float(gaps[0]), float(np.median(gaps)))
+    return logits, targets, (0.0, 0.1, 0.3, 1.0)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's kernels")
@@ -562,9 +559,7 @@ def kernel_inputs(rng, num_classes, ties, dtype):
 @pytest.mark.parametrize("kernel", ["eager", "compiled"])
 def test_torch_kernels_equal_the_keras_ops_core(kernel, dtype):
     # The kernels differ from the `keras.ops` core for speed only: the same
-    # losses, masked flags and gradients. The eager kernel takes the core's
-    # `torch.softmax`, so it agrees at borderline deltas too; the compiled
-    # one's exponentials are Inductor's, so only away from them.
+    # losses, masked flags and gradients, with tied logits too (eager).
     import torch
 
     from keras_as_softmax.as_softmax import _logit_losses
