@@ -206,7 +206,7 @@ class ASLoss(FunctionLoss):
     ...     loss = loss_fn([1, 2], [[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3]])
     >>> round(float(loss), 4)
     1.7371
-    >>> masked, counted = records[0]
+    >>> masked, counted, divisor_shares = records[0]
     >>> keras.ops.convert_to_numpy(masked).tolist()
     [True, False]
     """
@@ -257,18 +257,23 @@ class ASLoss(FunctionLoss):
     def _seen(self, masked, losses, mask, sample_weight):
         if self._records is not None:
             self._records.append(
-                (masked, counted_positions(losses, mask, sample_weight))
+                (
+                    masked,
+                    counted_positions(losses, mask, sample_weight),
+                    self._divisor_shares(losses, mask, sample_weight),
+                )
             )
 
     @contextlib.contextmanager
     def recording(self):
         """Records the per-position flags of each call made within it.
 
-        Yields a list; each `__call__` inside appends `(masked, counted)`,
-        two boolean tensors with the shape of its per-position losses:
-        `counted` is False where a position is ignored (`ignore_class`, a
-        Keras mask) or has weight 0, and `masked` is True where the loss
-        masks a position. This is how `AdaptiveModel` learns, from the
+        Yields a list; each `__call__` inside appends `(masked, counted,
+        divisor_shares)`: two boolean tensors with the shape of its
+        per-position losses, `counted` False where a position is ignored
+        (`ignore_class`, a Keras mask) or has weight 0 and `masked` True where
+        the loss masks a position, and each sample's part of the reduction's
+        divisor (`FunctionLoss._divisor_shares`). This is how `AdaptiveModel` learns, from the
         loss's own computation, which samples carry no gradient.
         """
         self._records = []
@@ -276,6 +281,18 @@ class ASLoss(FunctionLoss):
             yield self._records
         finally:
             self._records = None  # Tensors of a traced step must not outlive it.
+
+    @contextlib.contextmanager
+    def summed(self):
+        """Within it, calls reduce with `sum` (and record nothing): for a
+        pass whose weights already hold the divisor of the batch it stands
+        for (`keras_as_softmax.sample_buffer`)."""
+        reduction, records = self.reduction, self._records
+        self.reduction, self._records = "sum", None
+        try:
+            yield
+        finally:
+            self.reduction, self._records = reduction, records
 
     def masked_counts(self, y_true, y_pred, sample_weight=None):
         """How many positions of a batch this loss masks.
@@ -308,7 +325,7 @@ class ASLoss(FunctionLoss):
         """
         with self.recording() as records:
             self(y_true, y_pred, sample_weight)
-        return records[0]
+        return records[0][:2]
 
 
 def count_masked(masked, counted):

@@ -14,6 +14,7 @@ gradients. The training step itself is backend-specific and lives in
 `keras_as_softmax.trainers`; this module holds what the backends share.
 """
 
+import contextlib
 import inspect
 import math
 import numbers
@@ -24,6 +25,7 @@ from keras import ops
 from keras import tree
 
 from keras_as_softmax._keras_private import append_callback
+from keras_as_softmax._keras_private import loss_tracker
 from keras_as_softmax._keras_private import drop_step_functions
 from keras_as_softmax._keras_private import unlocked
 from keras_as_softmax._keras_private import untrack
@@ -31,6 +33,10 @@ from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import count_masked
 from keras_as_softmax.backend import branch_value
 from keras_as_softmax.backend import sum_across_replicas
+from keras_as_softmax.sample_buffer import BufferedSteps
+from keras_as_softmax.sample_buffer import SampleBuffer
+from keras_as_softmax.sample_buffer import batch_weights
+from keras_as_softmax.sample_buffer import write_rows
 from keras_as_softmax.saving import compile_from_saved_config
 from keras_as_softmax.skipping import SubBatch
 from keras_as_softmax.skipping import TrainingPass
@@ -63,9 +69,12 @@ class AdaptiveModel(AdaptiveTrainer):
             window becomes 2 once a third of a batch is masked.
         skip_masked: Whether a training step runs its backward pass on the
             samples that the loss leaves a gradient only (see
-            `keras_as_softmax.skipping`): True, False, or `"auto"` (skip
+            `keras_as_softmax.skipping`): True, False, `"auto"` (skip
             while the step's own timings find it cheaper,
-            `skipping.SkippingCosts`); one device only.
+            `skipping.SkippingCosts`), or `"buffer"` (gather those samples
+            from several batches into one training pass of a batch's size
+            per update, each window at most `max_accumulation_steps`
+            batches: `keras_as_softmax.sample_buffer`); one device only.
         *args, **kwargs: Passed on to `keras.Model`.
 
     Example:
@@ -160,14 +169,16 @@ class AdaptiveModel(AdaptiveTrainer):
         self.masked_ratio_tracker = keras.metrics.Mean(name="masked_ratio")
         self.skip_masked = False
         self.skipping_costs = None
+        self._summing = False
+        self._batch_flags = None
         self.configure_skipping(skip_masked)
 
     def configure_skipping(self, skip_masked):
         """Turns skipping masked samples on or off (before `fit`).
 
         Args:
-            skip_masked: True, False or `"auto"`, as `AdaptiveModel`'s
-                argument.
+            skip_masked: True, False, `"auto"` or `"buffer"`, as
+                `AdaptiveModel`'s argument.
 
         Example:
 
@@ -180,17 +191,25 @@ class AdaptiveModel(AdaptiveTrainer):
         >>> model.skip_masked
         'auto'
         """
-        if not (isinstance(skip_masked, (bool, np.bool_)) or skip_masked == "auto"):
+        if not (
+            isinstance(skip_masked, (bool, np.bool_)) or skip_masked in ("auto", "buffer")
+        ):
             raise TypeError(
-                "`skip_masked` must be True, False or \"auto\"; received "
-                f"{skip_masked!r}."
+                "`skip_masked` must be True, False, \"auto\" or \"buffer\"; "
+                f"received {skip_masked!r}."
             )
         if skip_masked and not self.skip_masked:
             with unlocked(self):
                 self.backward_fraction_tracker = keras.metrics.Mean(
                     name="backward_fraction"
                 )
-        self.skip_masked = "auto" if skip_masked == "auto" else bool(skip_masked)
+        if skip_masked == "buffer" and getattr(self, "sample_buffer", None) is None:
+            with unlocked(self):
+                self.sample_buffer = SampleBuffer()
+        if isinstance(skip_masked, str):
+            self.skip_masked = skip_masked
+        else:
+            self.skip_masked = bool(skip_masked)
         self.skipping_costs = SkippingCosts() if skip_masked == "auto" else None
         # The step and its choice of pass follow the setting.
         drop_step_functions(self)
@@ -232,13 +251,18 @@ class AdaptiveModel(AdaptiveTrainer):
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         as_loss = self._as_softmax_loss()
+        if self._summing:  # The buffer's training pass: see `sample_buffer`.
+            with as_loss.summed():
+                return super().compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+                )
         with as_loss.recording() as records:
             loss = super().compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
             )
         # The loss's own flags of this batch: one computation serves the
         # loss, the masked ratio, the window and the next step's choice.
-        (masked, counted), = records
+        (masked, counted, divisor_shares), = records
         num_masked, num_counted = count_masked(masked, counted)
         num_masked = sum_across_replicas(num_masked)
         num_counted = sum_across_replicas(num_counted)
@@ -256,7 +280,64 @@ class AdaptiveModel(AdaptiveTrainer):
                 ops.sum(ops.cast(needs, "int32")),
                 ops.shape(needs)[0],
             )
+            self._batch_flags = (needs, divisor_shares)
         return loss
+
+    @contextlib.contextmanager
+    def _summed_loss(self):
+        """Within it, `compute_loss` sums the AS loss and records nothing:
+        the buffer's training pass (`sample_buffer`)."""
+        self._summing = True
+        try:
+            yield
+        finally:
+            self._summing = False
+
+    def _take_batch_flags(self):
+        """The last `compute_loss`'s `(needs, divisor_shares)`, per sample."""
+        flags, self._batch_flags = self._batch_flags, None
+        return flags
+
+    def _buffer_prepare(self, data):
+        """A batch as the sample buffer keeps it: `(x, y, weights)`."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        return x, y, batch_weights(x, sample_weight)
+
+    def _buffer_write(self, data, rows, fill):
+        """After the selection pass's `compute_loss`: the batch written into
+        the buffer's rows, its `needs` and divisor shares."""
+        needs, shares = self._take_batch_flags()
+        rows = write_rows(rows, tree.flatten(self._buffer_prepare(data)), needs, fill)
+        return rows, needs, shares
+
+    def _write_rest(self, data, rows, needs, start):
+        """The batch's samples from `start` on that need a backward pass,
+        written at the front of the rows: `(rows, needs)`."""
+        needs = ops.logical_and(needs, ops.arange(ops.shape(needs)[0]) >= start)
+        rows = write_rows(rows, tree.flatten(self._buffer_prepare(data)), needs, 0)
+        return rows, needs
+
+    def _select_rest(self, data, rows, start):
+        """`_write_rest` after a selection pass, for the stateful trainers."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        sub_batch = self._sub_batch(y, self(x, training=False), sample_weight)
+        return self._write_rest(data, rows, sub_batch.needs, start)
+
+    def _observe(self, data, rows, fill):
+        """The buffer mode's selection pass for the stateful trainers: the
+        step's logs, as Keras's step computes them but on the selection
+        pass's predictions, and the batch written into the rows."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        loss = self.compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
+        batch_size = ops.shape(next(t for t in tree.flatten(x) if t is not None))[0]
+        loss_tracker(self).update_state(loss, sample_weight=batch_size)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        rows, needs, shares = self._buffer_write(data, rows, fill)
+        self._record_backward_rows(ops.sum(ops.cast(needs, "int32")), batch_size)
+        return {**logs, **self.gradient_accumulator.logs(True)}, rows, needs, shares
 
     def _sub_batch(self, y, selection_pred, sample_weight):
         """The `SubBatch` of the samples that the AS loss leaves a gradient,
@@ -338,11 +419,14 @@ class AdaptiveModel(AdaptiveTrainer):
 
     def _record_backward(self, training_pass):
         """Logs, when skipping, how much of the batch went backward."""
-        if not self.skip_masked:
-            return
-        rows = training_pass.backward_rows
+        if self.skip_masked:
+            self._record_backward_rows(
+                training_pass.backward_rows, training_pass.batch_size
+            )
+
+    def _record_backward_rows(self, rows, batch_size):
         self.backward_fraction_tracker.update_state(
-            ops.cast(rows, "float32") / ops.cast(training_pass.batch_size, "float32")
+            ops.cast(rows, "float32") / ops.cast(batch_size, "float32")
         )
         self.gradient_accumulator.sub_batch_size.assign(ops.cast(rows, "int32"))
 
@@ -357,6 +441,19 @@ class AdaptiveModel(AdaptiveTrainer):
                 f"`skip_masked={self.skip_masked!r}` runs on one device: each "
                 "replica would choose its own sub-batch. Use "
                 "`skip_masked=False` with a distribution strategy."
+            )
+        if self.skip_masked == "buffer" and self._as_softmax_loss().reduction not in (
+            "sum",
+            "sum_over_batch_size",
+            "mean",
+            "mean_with_sample_weight",
+        ):
+            raise ValueError(
+                "`skip_masked=\"buffer\"` gives each update the loss of the "
+                "samples it covers reduced as one batch, so the AS loss needs "
+                "one of Keras's reductions to a number (\"sum_over_batch_size\", "
+                "\"sum\", \"mean_with_sample_weight\"); received "
+                f"reduction={self._as_softmax_loss().reduction!r}."
             )
         if self.skipping_costs is not None:
             self.skipping_costs.reset()  # The time between two `fit`s is no step's.
@@ -398,7 +495,8 @@ class AdaptiveModel(AdaptiveTrainer):
 
         `fit` does this when its last epoch ends (or a callback stops it), so
         no gradient is left unapplied; a custom loop of `train_on_batch`
-        calls should do it at its end.
+        calls should do it at its end. With `skip_masked="buffer"` it trains
+        on the buffered samples and closes the open stretch.
 
         Example:
 
@@ -417,6 +515,9 @@ class AdaptiveModel(AdaptiveTrainer):
         >>> int(model.optimizer.iterations.numpy())
         2
         """
+        if self.skip_masked == "buffer":
+            self._flush_buffer()
+            return
         accumulator = self.gradient_accumulator
         if not accumulator.built or int(accumulator.micro_step.numpy()) == 0:
             return
@@ -431,6 +532,25 @@ class AdaptiveModel(AdaptiveTrainer):
         self._apply_gradients(mean_gradients)
         accumulator.micro_step.assign(0)
         accumulator.updates.assign(accumulator.updates.value + 1)
+
+    def _flush_buffer(self):
+        """Trains on the buffered samples and closes the open stretch."""
+        buffered = getattr(self, "_buffered_steps", None)
+        if buffered is not None:
+            self._with_state(buffered.flush)
+
+    def _buffered_steps_for(self, observe, train, select_rest):
+        """The host loop of `skip_masked="buffer"` over the trainer's
+        compiled passes (see `sample_buffer.BufferedSteps`)."""
+        self._buffered_steps = BufferedSteps(
+            self.sample_buffer,
+            observe,
+            train,
+            select_rest,
+            self.max_accumulation_steps,
+            self._buffer_prepare,
+        )
+        return self._buffered_steps
 
     def _as_softmax_loss(self):
         """The model's AS loss; raises unless it has exactly one, on one output."""
@@ -447,7 +567,8 @@ class AdaptiveModel(AdaptiveTrainer):
 
 
 class _ApplyOpenWindow(keras.callbacks.Callback):
-    """Applies an open window when `fit`'s last epoch ends or it is stopped.
+    """Applies an open window (or trains on the buffered samples) when
+    `fit`'s last epoch ends or it is stopped.
 
     It runs after the user's callbacks (so it sees `EarlyStopping`'s
     decision) and before `History` and Keras's end of training (so `History`

@@ -132,6 +132,24 @@ class FunctionLoss(keras.losses.Loss):
         )
         return weights * ops.divide_no_nan(total, ops.sum(weights))
 
+    def _divisor_shares(self, losses, mask, sample_weight):
+        """Per sample (first axis), its part of the number that `__call__`'s
+        reduction divides the weighted sum by: its positions not masked for
+        `sum_over_batch_size`, their weights for `mean_with_sample_weight`;
+        None for `sum`, which divides by nothing. A batch's divisor is the
+        sum of its samples' shares, so a batch gathered from several keeps
+        the reduction it would have had as one batch."""
+        if self.reduction == "sum":
+            return None
+        shares = ops.ones_like(losses)
+        if mask is not None:
+            shares = shares * ops.cast(mask, losses.dtype)
+        if self.reduction == "mean_with_sample_weight" and sample_weight is not None:
+            shares = shares * sample_weight
+        if len(shares.shape) > 1:
+            shares = ops.sum(ops.reshape(shares, (ops.shape(shares)[0], -1)), axis=1)
+        return shares
+
 
 def and_masks(mask, other):
     """The logical and of two optional boolean masks.

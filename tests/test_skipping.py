@@ -303,7 +303,7 @@ def test_masked_means_the_same_for_the_loss_and_the_counts():
     assert int(sparse_as_softmax_mask(y, logits, delta=1.0)[1]) == 1
 
 
-@pytest.mark.parametrize("skip", [True, "auto"])
+@pytest.mark.parametrize("skip", [True, "auto", "buffer"])
 def test_settings_are_saved_and_checked(tmp_path, skip):
     model = dense_classifier(skip=skip)
     model.compile(optimizer="adam", loss=SparseASSoftmaxCrossentropy())
@@ -312,7 +312,8 @@ def test_settings_are_saved_and_checked(tmp_path, skip):
     assert loaded.skip_masked == skip and type(loaded.skip_masked) is type(skip)
     assert isinstance(loaded.skipping_costs, SkippingCosts) is (skip == "auto")
     assert "backward_fraction" in [m.name for m in loaded.metrics]
-    with pytest.raises(TypeError, match='`skip_masked` must be True, False or "auto"'):
+    assert (getattr(loaded, "sample_buffer", None) is not None) is (skip == "buffer")
+    with pytest.raises(TypeError, match='`skip_masked` must be True, False, "auto" or "buffer"'):
         dense_classifier(skip="yes")
 
 

@@ -10,6 +10,7 @@ from keras_as_softmax._keras_private import forward_losses
 from keras_as_softmax._keras_private import make_step_function
 from keras_as_softmax._keras_private import training_kwargs
 from keras_as_softmax._keras_private import update_metrics_variables
+from keras_as_softmax.sample_buffer import training_rows
 from keras_as_softmax.skipping import PassChooser
 from keras_as_softmax.skipping import SubBatch
 
@@ -27,6 +28,8 @@ class AdaptiveTrainer:
     """
 
     def make_train_function(self, force=False):
+        if self.skip_masked == "buffer":
+            return self._make_buffered_train_function(force)
         if not self.skip_masked or self.run_eagerly or not self.jit_compile:
             return super().make_train_function(force=force)
         if self.train_function is not None and not force:
@@ -44,6 +47,135 @@ class AdaptiveTrainer:
             self.skipping_costs,
         )
         self.train_function = make_step_function(self, self._pass_chooser)
+
+    def _make_buffered_train_function(self, force):
+        if self.train_function is not None and not force:
+            return
+        jitted = not self.run_eagerly and self.jit_compile
+        observe = jax.jit(self._buffer_observe) if jitted else self._buffer_observe
+        train = (
+            jax.jit(self._buffer_train, donate_argnums=0) if jitted else self._buffer_train
+        )
+
+        select_rest = (
+            jax.jit(self._stateless_select_rest) if jitted else self._stateless_select_rest
+        )
+
+        def observe_state(state, data, rows, fill):
+            logs, metrics_state, rows, needs, shares = observe(state, data, rows, fill)
+            return logs, (*state[:3], metrics_state), rows, needs, shares
+
+        self.train_function = make_step_function(
+            self, self._buffered_steps_for(observe_state, train, select_rest)
+        )
+
+    def _stateless_select_rest(self, state, data, rows, start):
+        """`AdaptiveModel._write_rest` after a stateless selection pass."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        sub_batch = self._stateless_select(state, x, y, sample_weight)
+        return self._write_rest(data, rows, sub_batch.needs, start)
+
+    def _buffer_observe(self, state, data, rows, fill):
+        """The buffer mode's selection pass: the step's logs (on the
+        selection pass's predictions), the metrics' new values, and the batch
+        written into the rows."""
+        trainable, non_trainable, optimizer_state, metrics_state = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred, _, losses = self.stateless_call(
+            trainable, non_trainable, x, return_losses=True, **training_kwargs(self, False)
+        )
+        _, (loss, y_pred, _, metrics_state) = self._loss_and_updates(
+            trainable,
+            non_trainable,
+            metrics_state,
+            losses,
+            optimizer_state,
+            x,
+            y,
+            y_pred,
+            sample_weight,
+        )
+        logs, metrics_state = update_metrics_variables(
+            self, metrics_state, loss, x, y, y_pred, sample_weight
+        )
+        rows, needs, shares = self._buffer_write(data, rows, fill)
+        batch_size = needs.shape[0]
+        metrics_state = self._stateless(
+            metrics_state,
+            lambda: self._record_backward_rows(jax.numpy.sum(needs), batch_size),
+        )
+        values = dict(zip(map(id, self.metrics_variables), metrics_state))
+        accumulator = self.gradient_accumulator
+        logs = {
+            **logs,
+            **accumulator.logs(
+                True,
+                *(
+                    values[id(v)]
+                    for v in (
+                        accumulator.window,
+                        accumulator.updates,
+                        accumulator.sub_batch_size,
+                    )
+                ),
+            ),
+        }
+        return logs, metrics_state, rows, needs, shares
+
+    def _buffer_train(self, state, rows, count, divisor):
+        """The buffer's training pass and update: `(state, updates)`."""
+        trainable, non_trainable, optimizer_state, metrics_state = state
+        x, y, sample_weight = training_rows(self.sample_buffer, rows, count, divisor)
+
+        def loss_fn(trainable):
+            y_pred, new_non_trainable, losses = self.stateless_call(
+                trainable,
+                non_trainable,
+                x,
+                return_losses=True,
+                **training_kwargs(self, True),
+            )
+            with self._summed_loss():
+                scaled_loss, (_, _, new_non_trainable, _) = self._loss_and_updates(
+                    trainable,
+                    new_non_trainable,
+                    metrics_state,
+                    losses,
+                    optimizer_state,
+                    x,
+                    y,
+                    y_pred,
+                    sample_weight,
+                )
+            return scaled_loss, new_non_trainable
+
+        (_, non_trainable), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        trainable, optimizer_state = self.optimizer.stateless_apply(
+            optimizer_state, grads, trainable
+        )
+        metrics_state = list(metrics_state)
+        index = [id(v) for v in self.metrics_variables].index(
+            id(self.gradient_accumulator.updates)
+        )
+        metrics_state[index] = metrics_state[index] + 1
+        state = (trainable, non_trainable, optimizer_state, metrics_state)
+        return state, metrics_state[index]
+
+    def _with_state(self, function):
+        """Runs `function(state) -> (state, changed)` on the model's
+        variables (in `fit`, after the last step's state is put back)."""
+        self.jax_state_sync()
+        groups = (
+            self.trainable_variables,
+            self.non_trainable_variables,
+            self.optimizer.variables,
+            self.metrics_variables,
+        )
+        state, changed = function(tuple([v.value for v in group] for group in groups))
+        if changed:
+            for group, values in zip(groups, state):
+                for variable, value in zip(group, values):
+                    variable.assign(value)
 
     def _last_counts(self, metrics_state):
         """The last training batch's `(needed, samples)`, from the metrics'

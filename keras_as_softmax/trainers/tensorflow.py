@@ -10,6 +10,7 @@ from keras import tree
 from keras_as_softmax._keras_private import loss_tracker
 from keras_as_softmax._keras_private import strategy_supports_no_merge_call
 from keras_as_softmax._keras_private import unscale_loss_for_distribution
+from keras_as_softmax.sample_buffer import training_rows
 from keras_as_softmax.skipping import PassChooser
 from keras_as_softmax.skipping import SubBatch
 
@@ -30,20 +31,14 @@ class AdaptiveTrainer:
     """
 
     def make_train_function(self, force=False):
+        if self.skip_masked == "buffer":
+            return self._make_buffered_train_function(force)
         if not self.skip_masked or self.run_eagerly:
             return super().make_train_function(force=force)
         if self.train_function is not None and not force:
             self._pass_chooser.reset()
             return self.train_function
-
-        def compiled(function):
-            # As Keras compiles its step: without AutoGraph (the steps branch
-            # with `ops.cond`).
-            return tf.function(
-                tf.autograph.experimental.do_not_convert(function),
-                jit_compile=self.jit_compile,
-                reduce_retracing=True,
-            )
+        compiled = self._compiled
 
         accumulator = self.gradient_accumulator
         self._pass_chooser = PassChooser(
@@ -53,17 +48,74 @@ class AdaptiveTrainer:
             self.skipping_costs,
         )
 
+        self.train_function = self._host_loop(self._pass_chooser)
+        return self.train_function
+
+    def _compiled(self, function):
+        # As Keras compiles its step: without AutoGraph (the steps branch
+        # with `ops.cond`).
+        if self.run_eagerly:
+            return function
+        return tf.function(
+            tf.autograph.experimental.do_not_convert(function),
+            jit_compile=self.jit_compile,
+            reduce_retracing=True,
+        )
+
+    def _host_loop(self, step):
         def function(iterator):
             # Keras's loop over `steps_per_execution`, in Python.
             outputs = None
             for _, data in zip(range(self.steps_per_execution), iterator):
-                outputs = self._pass_chooser(_without_optionals(data))
+                outputs = step(_without_optionals(data))
             if outputs is None:
                 raise StopIteration
             return outputs
 
-        self.train_function = function
         return function
+
+    def _make_buffered_train_function(self, force):
+        if self.train_function is not None and not force:
+            return self.train_function
+        observe = self._compiled(self._observe)
+        train = self._compiled(self._buffer_train)
+        select_rest = self._compiled(self._select_rest)
+        buffered = self._buffered_steps_for(
+            lambda state, data, rows, fill: _with_state_none(observe(data, rows, fill)),
+            lambda state, rows, count, divisor: (None, train(rows, count, divisor)),
+            lambda state, data, rows, start: select_rest(data, rows, start),
+        )
+
+        def step(data):
+            self._build_before_branches(keras.utils.unpack_x_y_sample_weight(data)[0])
+            return buffered(None, data)[0]
+
+        self.train_function = self._host_loop(step)
+        return self.train_function
+
+    def _buffer_train(self, rows, count, divisor):
+        """The buffer's training pass and update; returns the updates."""
+        x, y, sample_weight = training_rows(self.sample_buffer, rows, count, divisor)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            with self._summed_loss():
+                loss = self.compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                )
+            if self.optimizer is not None:
+                loss = self.optimizer.scale_loss(loss)
+        grads = [
+            tf.zeros_like(v.value) if g is None else g
+            for v, g in zip(variables, tape.gradient(loss, variables))
+        ]
+        self.optimizer.apply(grads, variables)
+        updates = self.gradient_accumulator.updates
+        updates.assign(updates.value + 1)
+        return updates.value
+
+    def _with_state(self, function):
+        function(None)
 
     def _select(self, data):
         """The selection pass: `(needs, selection_pred, counts)`."""
@@ -165,6 +217,11 @@ class AdaptiveTrainer:
         self.distribute_strategy.run(
             lambda: self.optimizer.apply(compute_gradients(), self.trainable_variables)
         )
+
+
+def _with_state_none(observed):
+    logs, rows, needs, shares = observed
+    return logs, None, rows, needs, shares
 
 
 def _without_optionals(data):

@@ -7,6 +7,7 @@ import torch
 from keras import tree
 
 from keras_as_softmax._keras_private import loss_tracker
+from keras_as_softmax.sample_buffer import training_rows
 
 
 class AdaptiveTrainer:
@@ -51,6 +52,57 @@ class AdaptiveTrainer:
         with torch.no_grad():
             self._accumulate_or_update(grads)
         return {**logs, **self.gradient_accumulator.logs(self.skip_masked)}
+
+    def make_train_function(self, force=False):
+        if self.skip_masked != "buffer":
+            return super().make_train_function(force=force)
+        if self.train_function is not None and not force:
+            return self.train_function
+
+        def observe(state, data, rows, fill):
+            with torch.no_grad():
+                logs, rows, needs, shares = self._observe(data, rows, fill)
+            return logs, None, rows, needs, shares
+
+        def select_rest(state, data, rows, start):
+            with torch.no_grad():
+                return self._select_rest(data, rows, start)
+
+        buffered = self._buffered_steps_for(
+            observe,
+            lambda state, rows, count, divisor: (None, self._buffer_train(rows, count, divisor)),
+            select_rest,
+        )
+        # Eager: the host loop and its passes run as Python.
+        self.train_function = lambda data: buffered(None, data[0])[0]
+        return self.train_function
+
+    def _buffer_train(self, rows, count, divisor):
+        """The buffer's training pass and update; returns the updates."""
+        x, y, sample_weight = training_rows(self.sample_buffer, rows, count, divisor)
+        variables = self.trainable_variables
+        y_pred = self(x, training=True)
+        self.zero_grad()
+        with self._summed_loss():
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+        if self.optimizer is not None:
+            loss = self.optimizer.scale_loss(loss)
+        if loss.requires_grad:
+            loss.backward()
+        grads = [
+            torch.zeros_like(v.value) if v.value.grad is None else v.value.grad
+            for v in variables
+        ]
+        with torch.no_grad():
+            self.optimizer.apply(grads, variables)
+            updates = self.gradient_accumulator.updates
+            updates.assign(updates.value + 1)
+        return updates.value
+
+    def _with_state(self, function):
+        function(None)
 
     def _distribution_scope(self):
         return contextlib.nullcontext()
