@@ -24,6 +24,8 @@ import numpy as np  # noqa: E402
 from benchmarks import plot  # noqa: E402
 from benchmarks import tables  # noqa: E402
 from benchmarks.tables import AS_AUTO_SKIPPING  # noqa: E402
+from benchmarks.tables import AS_BUFFER_SKIPPING  # noqa: E402
+from benchmarks.tables import BUFFER_WINDOW  # noqa: E402
 from benchmarks.tables import AS_SKIPPING  # noqa: E402
 from benchmarks.tables import AS_SOFTMAX_SKIPPING  # noqa: E402
 from benchmarks.tables import AS_SOFTMAX  # noqa: E402
@@ -147,7 +149,9 @@ def baseline_methods(num_classes):
 def methods_for(task, delta, baselines=False, skipping_settings=False):
     """The methods compared for a task: Keras's baseline(s), AS-Softmax,
     AS-Speed and AS-Speed + skipping; with `skipping_settings` also
-    AS-Softmax + skipping (window 1) and AS-Speed + auto skipping.
+    AS-Softmax + skipping (window 1), AS-Speed + auto skipping and AS-Speed
+    + buffer skipping (`skip_masked="buffer"`, windows of at most
+    `BUFFER_WINDOW` batches).
 
     The reference (for the target) is softmax cross-entropy: Keras's for a
     single-label or token task, the multi-label AS loss at delta 1 (which
@@ -188,6 +192,8 @@ def methods_for(task, delta, baselines=False, skipping_settings=False):
                    max_accumulation_steps=1),
             *skipping,
             Method(AS_AUTO_SKIPPING, as_loss, adaptive=True, skip_masked="auto"),
+            Method(AS_BUFFER_SKIPPING, as_loss, adaptive=True, skip_masked="buffer",
+                   max_accumulation_steps=BUFFER_WINDOW),
         ]
     return plain + [
         Method(AS_SOFTMAX, as_loss),

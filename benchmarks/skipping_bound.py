@@ -13,11 +13,16 @@ repeat (order rotated by one per repeat):
 - AS-Speed + skipping: the same with `max_accumulation_steps=2`;
 - auto skipping, window 1: `skip_masked="auto"` (it skips while its own
   timings find skipping cheaper);
-- the bound's two parts: `s`, `predict` over the epoch's batches (the
+- buffer: `skip_masked="buffer"` with `max_accumulation_steps=--buffer-window`
+  (the needed samples of several batches in one training pass);
+- the bounds' parts: `s`, `predict` over the epoch's batches (the
   selection pass, with the same batch size); `c(n)`, the plain model trained
   on only the samples of each batch that need a backward pass, padded to the
   size the skipping step sends backward (the smallest of the ladder's sizes on
-  a compiled backend, the samples themselves on eager PyTorch).
+  a compiled backend, the samples themselves on eager PyTorch); `c(N)`, the
+  plain model trained on the epoch's needed samples packed into full batches
+  (the buffer's training passes). A per-batch step's bound is `s + c(n)`, the
+  buffer's `s + c(N)`.
 
 Every timed epoch starts from the same weights. The table gives each one's
 fastest epoch over the repeats and the spread (fastest-slowest), the ratio of
@@ -27,6 +32,7 @@ compilation (the first, warm-up epoch minus the fastest).
 
     python -m benchmarks.skipping_bound --backend tensorflow [--jit-compile]
         [--train-size 12000] [--batch-size 64] [--masked 0.85] [--repeats 5]
+        [--buffer-window 16]
 """
 
 from benchmarks import startup
@@ -51,8 +57,10 @@ AS_SOFTMAX = "AS-Softmax"
 SKIPPING = "skipping, window 1"
 AS_SPEED_SKIPPING = "AS-Speed + skipping (window <= 2)"
 AUTO = "auto skipping, window 1"
+BUFFER = "buffer"
 SELECTION = "s: selection pass (predict)"
 NEEDED_BACKWARD = "c(n): fwd+bwd of the needed samples"
+PACKED_BACKWARD = "c(N): fwd+bwd of the needed samples, packed"
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -73,11 +81,17 @@ class EpochTimer(keras.callbacks.Callback):
 class NeededSamples(keras.utils.PyDataset):
     """Per batch of the epoch, the samples that need a backward pass, padded
     with masked ones to `size(needed)` rows; batches that need none are left
-    out."""
+    out. Without `size`, the epoch's needed samples in full batches."""
 
-    def __init__(self, x, y, needs, batch_size, size):
+    def __init__(self, x, y, needs, batch_size, size=None):
         super().__init__()
         self.batches = []
+        if size is None:  # Packed: all needed samples, in full batches.
+            needed = np.flatnonzero(needs)
+            for start in range(0, len(needed), batch_size):
+                picked = needed[start : start + batch_size]
+                self.batches.append((x[picked], y[picked]))
+            return
         for start in range(0, len(x), batch_size):
             rows = np.arange(start, min(start + batch_size, len(x)))
             order = rows[np.argsort(~needs[rows], kind="stable")]
@@ -113,6 +127,8 @@ def main():
                         help="pretrain until this fraction is masked (default 0.85)")
     parser.add_argument("--max-pretrain-epochs", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--buffer-window", type=int, default=16,
+                        help="the buffer's max_accumulation_steps (default 16)")
     args = parser.parse_args()
     backend = keras.backend.backend()
     jit_compile = True if backend == "jax" else args.jit_compile
@@ -151,8 +167,12 @@ def main():
     # that the first timed epoch shows each one's compilation.
     models = {AS_SOFTMAX: compiled_model(fashion_mnist.build_model()),
               SKIPPING: skipping_model(1), AS_SPEED_SKIPPING: skipping_model(2),
-              AUTO: skipping_model(1, "auto")}
-    needed = NeededSamples(x, y, needs, args.batch_size, backward_size(compiled))
+              AUTO: skipping_model(1, "auto"),
+              BUFFER: skipping_model(args.buffer_window, "buffer")}
+    needed = {
+        NEEDED_BACKWARD: NeededSamples(x, y, needs, args.batch_size, backward_size(compiled)),
+        PACKED_BACKWARD: NeededSamples(x, y, needs, args.batch_size),
+    }
     sub_batch = compiled_model(fashion_mnist.build_model())
 
     def epoch(name):
@@ -160,16 +180,18 @@ def main():
         if name == SELECTION:
             plain.set_weights(weights)
             plain.predict(x, batch_size=args.batch_size, verbose=0, callbacks=[timer])
-        elif name == NEEDED_BACKWARD:
+        elif name in needed:
             sub_batch.set_weights(weights)
-            sub_batch.fit(needed, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+            sub_batch.fit(needed[name], epochs=1, verbose=0, shuffle=False,
+                          callbacks=[timer])
         else:
             models[name].set_weights(weights)
             models[name].fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0,
                              shuffle=False, callbacks=[timer])
         return timer.seconds
 
-    names = [AS_SOFTMAX, SKIPPING, AS_SPEED_SKIPPING, AUTO, SELECTION, NEEDED_BACKWARD]
+    names = [AS_SOFTMAX, SKIPPING, AS_SPEED_SKIPPING, AUTO, BUFFER, SELECTION,
+             NEEDED_BACKWARD, PACKED_BACKWARD]
     compile_seconds = {name: epoch(name) for name in names}  # Warm-up: compiles.
     seconds = {name: [] for name in names}
     for repeat in range(args.repeats):
@@ -181,16 +203,20 @@ def main():
 
     fastest = {name: min(values) for name, values in seconds.items()}
     bound = fastest[SELECTION] + fastest[NEEDED_BACKWARD]
+    packed_bound = fastest[SELECTION] + fastest[PACKED_BACKWARD]
+    bounds = {SKIPPING: bound, AS_SPEED_SKIPPING: bound, AUTO: bound, BUFFER: packed_bound}
     rows = []
     for name in names:
         ratio = fastest[AS_SOFTMAX] / fastest[name]
-        to_bound = f"{fastest[name] / bound:.2f}" if name in (SKIPPING, AS_SPEED_SKIPPING, AUTO) else "-"
-        rows.append([name, f"{fastest[name]:.2f}",
+        to_bound = f"{fastest[name] / bounds[name]:.2f}" if name in bounds else "-"
+        label = f"{name}, window <= {args.buffer_window}" if name == BUFFER else name
+        rows.append([label, f"{fastest[name]:.2f}",
                      f"{min(seconds[name]):.2f}-{max(seconds[name]):.2f}",
                      f"{ratio:.2f}", to_bound,
                      f"{compile_seconds[name] - fastest[name]:.1f}"])
-    rows.append(["bound s + c(n)", f"{bound:.2f}", "-", f"{fastest[AS_SOFTMAX] / bound:.2f}",
-                 "1.00", "-"])
+    for label, value in (("bound s + c(n)", bound), ("buffer's bound s + c(N)", packed_bound)):
+        rows.append([label, f"{value:.2f}", "-", f"{fastest[AS_SOFTMAX] / value:.2f}",
+                     "1.00", "-"])
     mode = {"tensorflow": "XLA" if jit_compile else "graph", "jax": "jit",
             "torch": "torch.compile" if jit_compile else "eager"}[backend]
     print(f"\n{backend} ({mode}), {len(x)} Fashion-MNIST images, batch {args.batch_size}, "
@@ -203,7 +229,8 @@ def main():
     command = ["python -m benchmarks.skipping_bound", f"--backend {backend}",
                *(["--jit-compile"] if args.jit_compile else []),
                f"--train-size {args.train_size}", f"--batch-size {args.batch_size}",
-               f"--delta {args.delta}", f"--masked {args.masked}", f"--repeats {args.repeats}"]
+               f"--delta {args.delta}", f"--masked {args.masked}", f"--repeats {args.repeats}",
+               f"--buffer-window {args.buffer_window}"]
     print(f"\nreproduce: {' '.join(command)}")
 
 

@@ -18,6 +18,9 @@ AS_SKIPPING = "AS-Speed + skipping"
 # The main job's and `benchmarks.as_speed`'s further skipping settings.
 AS_SOFTMAX_SKIPPING = "AS-Softmax + skipping"
 AS_AUTO_SKIPPING = "AS-Speed + auto skipping"
+AS_BUFFER_SKIPPING = "AS-Speed + buffer skipping"
+# The buffer's window: at 75-90 % masked its stretches span 4-10 batches.
+BUFFER_WINDOW = 8
 # The target: this fraction of the reference method's best validation metric.
 TARGET_FRACTION = 0.995
 
