@@ -14,10 +14,10 @@ Which samples an update covers, and how it is normalised: the samples of
 stream from the sample after the previous update's stretch to its `B`-th
 sample that needs a backward pass, or to the end of the
 `max_accumulation_steps`-th batch the stretch touches, or to the end of
-`fit` (stretches go on across epochs, as AS-Speed's windows do). Its gradient is the
-gradient of the AS loss of that stretch taken as one batch, with the loss's
-reduction: the sum of its weighted losses divided by its divisor (its
-counted positions for `sum_over_batch_size`, its weights for
+`fit` (stretches go on across epochs, as AS-Speed's windows do). Its
+gradient is the gradient of the AS loss of that stretch taken as one batch,
+with the loss's reduction: the sum of its weighted losses divided by its
+divisor (its counted positions for `sum_over_batch_size`, its weights for
 `mean_with_sample_weight`, 1 for `sum`), plus the model's regularisation
 losses once. Masked samples add nothing to the sum, so the buffer pass over
 the needed samples, with their weights divided by the stretch's divisor and
@@ -27,11 +27,10 @@ update, and the rest of a batch after the sample that completes an update
 is selected again with the new weights.
 """
 
+import keras
 import numpy as np
 from keras import ops
 from keras import tree
-
-import keras
 
 
 class SampleBuffer(keras.metrics.Metric):
