@@ -310,8 +310,19 @@ class AdaptiveModel(AdaptiveTrainer):
         rows = write_rows(rows, tree.flatten(self._buffer_prepare(data)), needs, 0)
         return rows, needs
 
+    @staticmethod
+    def _rest_of(data, start):
+        """`(data, start)` for the selection of a batch's rest: in a step that
+        runs eagerly, only the rows from `start` on (and 0), saving the
+        forward pass of the others; else as given (static shapes)."""
+        offset = branch_value(start)
+        if offset is None:
+            return data, start
+        return tree.map_structure(lambda t: None if t is None else t[offset:], data), 0
+
     def _select_rest(self, data, rows, start):
         """`_write_rest` after a selection pass, for the stateful trainers."""
+        data, start = self._rest_of(data, start)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         sub_batch = self._sub_batch(y, self(x, training=False), sample_weight)
         return self._write_rest(data, rows, sub_batch.needs, start)

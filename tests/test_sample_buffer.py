@@ -343,3 +343,35 @@ def test_bad_settings_and_batches():
     model.train_on_batch(np.ones((4, 5), "int32"), np.zeros((4, 5), "int32"))
     with pytest.raises(ValueError, match="Pad sequences to one length"):
         model.train_on_batch(np.ones((4, 6), "int32"), np.zeros((4, 6), "int32"))
+
+
+def test_one_selection_and_one_training_pass_compiled(monkeypatch):
+    """A compiled buffer step traces its passes once (no per-size branch); an
+    eager one (PyTorch) runs them once per step and per update."""
+    backend = keras.backend.backend()
+    names = {"jax": ("_buffer_observe", "_buffer_train", "_stateless_select_rest")}.get(
+        backend, ("_observe", "_buffer_train", "_select_rest")
+    )
+    model = buffered_model(jit_compile=True)
+    calls = {name: 0 for name in names}
+
+    def counting(name, method):
+        def counted(*args):
+            calls[name] += 1
+            return method(*args)
+
+        return counted
+
+    for name in names:
+        monkeypatch.setattr(model, name, counting(name, getattr(model, name)))
+    x, y, weights = classification_data(160)  # 10 whole batches an epoch.
+    history = model.fit(x, y, sample_weight=weights, batch_size=BATCH_SIZE, epochs=3,
+                        shuffle=False, verbose=0)
+    updates = int(history.history["optimizer_updates"][-1])
+    observe, train, rest = (calls[name] for name in names)
+    if backend == "torch":  # Eager: every call runs.
+        assert observe == 30
+        assert train == updates and 0 < rest < updates
+    else:
+        assert (observe, train, rest) == (1, 1, 1)
+        assert updates > 3

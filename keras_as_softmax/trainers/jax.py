@@ -71,6 +71,7 @@ class AdaptiveTrainer:
 
     def _stateless_select_rest(self, state, data, rows, start):
         """`AdaptiveModel._write_rest` after a stateless selection pass."""
+        data, start = self._rest_of(data, start)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         sub_batch = self._stateless_select(state, x, y, sample_weight)
         return self._write_rest(data, rows, sub_batch.needs, start)

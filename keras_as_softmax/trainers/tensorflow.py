@@ -88,6 +88,9 @@ class AdaptiveTrainer:
 
         def step(data):
             self._build_before_branches(keras.utils.unpack_x_y_sample_weight(data)[0])
+            if self.optimizer is not None and not self.optimizer.built:
+                # Else the training pass traces twice: once to create them.
+                self.optimizer.build(self.trainable_variables)
             return buffered(None, data)[0]
 
         self.train_function = self._host_loop(step)
