@@ -286,6 +286,21 @@ class AdaptiveModel(AdaptiveTrainer):
         finally:
             self._summing = False
 
+    def _buffer_loss(self, x, y, y_pred, sample_weight):
+        """The buffer pass's loss for the stateful trainers: summed (its
+        weights hold the stretch's divisor) and scaled for the optimizer."""
+        with self._summed_loss():
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+        return loss if self.optimizer is None else self.optimizer.scale_loss(loss)
+
+    def _count_update(self):
+        """Counts a buffer pass's optimizer update; returns the count."""
+        updates = self.gradient_accumulator.updates
+        updates.assign(updates.value + 1)
+        return updates.value
+
     def _take_batch_flags(self):
         """The last `compute_loss`'s `(needs, divisor_shares)`, per sample."""
         flags, self._batch_flags = self._batch_flags, None

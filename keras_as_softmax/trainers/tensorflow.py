@@ -101,21 +101,13 @@ class AdaptiveTrainer:
         x, y, sample_weight = training_rows(self.sample_buffer, rows, count, divisor)
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            with self._summed_loss():
-                loss = self.compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-                )
-            if self.optimizer is not None:
-                loss = self.optimizer.scale_loss(loss)
+            loss = self._buffer_loss(x, y, self(x, training=True), sample_weight)
         grads = [
             tf.zeros_like(v.value) if g is None else g
             for v, g in zip(variables, tape.gradient(loss, variables))
         ]
         self.optimizer.apply(grads, variables)
-        updates = self.gradient_accumulator.updates
-        updates.assign(updates.value + 1)
-        return updates.value
+        return self._count_update()
 
     def _with_state(self, function):
         function(None)

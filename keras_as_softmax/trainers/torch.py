@@ -83,12 +83,7 @@ class AdaptiveTrainer:
         variables = self.trainable_variables
         y_pred = self(x, training=True)
         self.zero_grad()
-        with self._summed_loss():
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-        if self.optimizer is not None:
-            loss = self.optimizer.scale_loss(loss)
+        loss = self._buffer_loss(x, y, y_pred, sample_weight)
         if loss.requires_grad:
             loss.backward()
         grads = [
@@ -97,9 +92,7 @@ class AdaptiveTrainer:
         ]
         with torch.no_grad():
             self.optimizer.apply(grads, variables)
-            updates = self.gradient_accumulator.updates
-            updates.assign(updates.value + 1)
-        return updates.value
+            return self._count_update()
 
     def _with_state(self, function):
         function(None)
