@@ -200,13 +200,14 @@ class SampleBuffer(keras.metrics.Metric):
 
     def load_own_variables(self, store):
         self._clear()
-        if "bookkeeping" not in store:
+        keys = list(store.keys())  # Keras 3.9's H5 store has no `in`.
+        if "bookkeeping" not in keys:
             return
         fill, divisor, batches, batch_size = np.asarray(store["bookkeeping"]).tolist()
         self.fill, self.stretch_divisor = int(fill), float(divisor)
         self.stretch_batches, self.batch_size = int(batches), int(batch_size)
         self._pending_rows = {
-            key: np.asarray(store[key]) for key in store.keys() if key.startswith("rows_")
+            key: np.asarray(store[key]) for key in keys if key.startswith("rows_")
         }
 
     def restore(self, batch):
