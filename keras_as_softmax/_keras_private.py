@@ -3,7 +3,8 @@
 Keras keeps tensor masks, loss reduction, its symbolic-build scope (in
 which tensors hold placeholder values), the (un)tracking of a layer's
 attributes, the serialized name of a class, the loss unscaling of
-`tf.distribute` (and TensorFlow's own test for merge calls), the layout of a
+`tf.distribute` (TensorFlow's own test for merge calls, and the TensorFlow
+trainer's reduction of a replicated step's outputs), the layout of a
 `.keras` file, a functional model's graph nodes, a `CallbackList`'s list of
 callbacks and parts of its trainers (the loss tracker, the JAX step's metric
 update and forward-pass losses, the cached step functions and their
@@ -132,6 +133,14 @@ def strategy_supports_no_merge_call():
     return tf.__internal__.distribute.strategy_supports_no_merge_call()
 
 
+def reduce_per_replica(values, strategy):
+    """A `strategy.run`'s outputs reduced to single values, as Keras's
+    TensorFlow trainer reduces its training step's (`reduction="auto"`)."""
+    from keras.src.backend.tensorflow.trainer import reduce_per_replica as reduce
+
+    return reduce(values, strategy, reduction="auto")
+
+
 __all__ = [
     "append_callback",
     "drop_step_functions",
@@ -141,6 +150,7 @@ __all__ = [
     "loss_tracker",
     "make_step_function",
     "rebuild_train_function",
+    "reduce_per_replica",
     "reduce_weighted_values",
     "saved_compile_config",
     "serialize_with_public_class",

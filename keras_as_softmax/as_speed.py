@@ -67,7 +67,8 @@ class AdaptiveModel(AdaptiveTrainer):
             `skipping.SkippingCosts`), or `"buffer"` (gather those samples
             from several batches into one training pass of a batch's size
             per update, each window at most `max_accumulation_steps`
-            batches: `keras_as_softmax.sample_buffer`); one device only.
+            batches: `keras_as_softmax.sample_buffer`; under a
+            `tf.distribute` strategy it raises, see the README).
         *args, **kwargs: Passed on to `keras.Model`.
 
     Example:
@@ -452,14 +453,18 @@ class AdaptiveModel(AdaptiveTrainer):
     def make_train_function(self, force=False):
         self._as_softmax_loss()
         strategy = getattr(self, "distribute_strategy", None)  # TensorFlow's.
-        if self.skip_masked and (
-            keras.distribution.distribution() is not None
-            or (strategy is not None and strategy.num_replicas_in_sync > 1)
+        if (
+            self.skip_masked == "buffer"
+            and strategy is not None
+            and strategy.num_replicas_in_sync > 1
         ):
             raise ValueError(
-                f"`skip_masked={self.skip_masked!r}` runs on one device: each "
-                "replica would choose its own sub-batch. Use "
-                "`skip_masked=False` with a distribution strategy."
+                "`skip_masked=\"buffer\"` runs on one device under "
+                "TensorFlow: each replica of a `tf.distribute` strategy would "
+                "fill a buffer of its own, so the updates would not be those "
+                "of one device. Use `skip_masked=True` with a strategy (every "
+                "replica trains the sub-batch its fullest one needs), or the "
+                "JAX backend's `keras.distribution`."
             )
         if self.skip_masked == "buffer" and self._as_softmax_loss().reduction not in (
             "sum",

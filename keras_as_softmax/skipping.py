@@ -128,8 +128,14 @@ class SubBatch:
 
     @property
     def counts(self):
-        """int32 `[branch, num_needed]`, for `PassChooser`."""
-        return ops.stack([ops.cast(self.branch, "int32"), self.num_needed])
+        """int32 `[branch, num_needed, batch_size]`, for `PassChooser`."""
+        return ops.stack(
+            [
+                ops.cast(self.branch, "int32"),
+                self.num_needed,
+                ops.cast(ops.shape(self.needs)[0], "int32"),
+            ]
+        )
 
     def predictions(self, call, x, size):
         """The batch's predictions for a pass over `size` rows.
@@ -322,9 +328,10 @@ class PassChooser:
 
     Args:
         select: `select(*args) -> (needs, selection_pred, counts)`, the
-            compiled selection pass; `counts` is int32 `[branch, needed]`:
-            the index in `ladder(B)` of the sub-batch that holds the samples
-            that need a backward pass, and their number.
+            compiled selection pass; `counts` is int32 `[branch, needed,
+            samples]`: the index in `ladder(B)` of the sub-batch that holds
+            the samples that need a backward pass, their number, and the
+            batch's.
         compile_step: `compile_step(branch)`, the compiled training step for
             that index (0: the whole batch), called as
             `step(*args, selection)` with `selection` `(needs,
@@ -360,8 +367,7 @@ class PassChooser:
         selected = selects(*self._last_counts, self._costs)
         if selected:
             needs, selection_pred, counts = self._select(*args)
-            branch, num_needed = self._fetch(counts).tolist()
-            self._last_counts = [num_needed, needs.shape[0]]
+            branch, *self._last_counts = self._fetch(counts).tolist()
             if branch > 0:
                 selection = (needs, selection_pred)
         if self._costs is not None:

@@ -2,6 +2,9 @@
 
 `test_multi_device.py` runs this with `KERAS_BACKEND` set: on JAX it uses
 `keras.distribution.DataParallel`, on TensorFlow `tf.distribute.MirroredStrategy`.
+Arguments: the step's mode (`graph`, `jit` or `eager`) and `skip_masked`
+(`off`, `on` or `buffer`); a setting that raises a `ValueError` under the
+distribution prints `{"error": message}`.
 The device count must be set before the backend starts, hence a process of
 its own. It prints one JSON line comparing the two runs.
 """
@@ -45,7 +48,7 @@ def scripted_data(num_batches=12):
     return x, y
 
 
-def train(distributed, jit_compile):
+def train(distributed, mode, skip_masked):
     scope = contextlib.nullcontext()
     if BACKEND == "jax":
         keras.distribution.set_distribution(
@@ -58,25 +61,32 @@ def train(distributed, jit_compile):
         inputs = keras.Input((NUM_CLASSES,))
         correction = keras.layers.Dense(NUM_CLASSES, kernel_initializer="zeros")(inputs)
         model = AdaptiveModel(
-            inputs, keras.layers.Add()([inputs, correction]), max_accumulation_steps=3
+            inputs,
+            keras.layers.Add()([inputs, correction]),
+            max_accumulation_steps=3,
+            skip_masked=skip_masked,
         )
         model.compile(
             optimizer=keras.optimizers.SGD(0.1),
             loss=SparseASSoftmaxCrossentropy(delta=0.5),
-            jit_compile=jit_compile,
+            jit_compile=mode == "jit",
+            run_eagerly=mode == "eager",
         )
-    windows = []
-    record = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: windows.append(
-            int(logs["accumulation_steps"])
-        )
-    )
+    windows, sub_batches = [], []
+
+    def record_batch(batch, logs):
+        windows.append(int(logs["accumulation_steps"]))
+        if "sub_batch_size" in logs:
+            sub_batches.append(int(logs["sub_batch_size"]))
+
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=record_batch)
     x, y = scripted_data()
     history = model.fit(
         x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[record]
     )
     return {
         "windows": windows,
+        "sub_batches": sub_batches,
         "masked_ratio": float(history.history["masked_ratio"][-1]),
         "updates": int(model.optimizer.iterations.numpy()),
         "weights": [w.tolist() for w in model.get_weights()],
@@ -84,9 +94,13 @@ def train(distributed, jit_compile):
 
 
 def main():
-    jit_compile = sys.argv[1] == "jit"
-    single = train(distributed=False, jit_compile=jit_compile)
-    multi = train(distributed=True, jit_compile=jit_compile)
+    mode, skip = sys.argv[1], {"off": False, "on": True, "buffer": "buffer"}[sys.argv[2]]
+    single = train(distributed=False, mode=mode, skip_masked=skip)
+    try:
+        multi = train(distributed=True, mode=mode, skip_masked=skip)
+    except ValueError as error:  # A setting that cannot run distributed.
+        print(json.dumps({"error": str(error)}))
+        return
     weight_error = max(
         float(np.max(np.abs(np.array(a) - np.array(b))))
         for a, b in zip(single["weights"], multi["weights"])

@@ -1,10 +1,15 @@
 """AS-Speed's training step, one module per Keras trainer, chosen once at import.
 
-Each module's `AdaptiveTrainer` is a base of `AdaptiveModel`: it provides
-`train_step` (and, where the pass is chosen on the host, `make_train_function`),
-`_distribution_scope()` and `_apply_gradients(compute_gradients)`; it calls
+Each module's `AdaptiveTrainer` is a base of `AdaptiveModel`. It provides
+`train_step` and `make_train_function` (where the pass is chosen on the
+host, and for `skip_masked="buffer"`), `_distribution_scope()`,
+`_apply_gradients(compute_gradients)` and `_with_state(function)` (runs a
+`sample_buffer.BufferedSteps` call on the model's variables). It calls
 `AdaptiveModel`'s `_train_pass`, `_sub_batch`, `_record_backward` and, on the
-stateful trainers, `_accumulate_or_update`.
+stateful trainers (TensorFlow, PyTorch), `_accumulate_or_update`; for the
+buffer, `_buffered_steps_for`, then `_buffer_write`, `_rest_of`,
+`_write_rest` and `_summed_loss` (JAX) or `_observe`, `_select_rest`,
+`_buffer_loss` and `_count_update` (stateful).
 """
 
 import keras

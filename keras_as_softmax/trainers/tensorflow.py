@@ -8,6 +8,7 @@ from keras import ops
 from keras import tree
 
 from keras_as_softmax._keras_private import loss_tracker
+from keras_as_softmax._keras_private import reduce_per_replica
 from keras_as_softmax._keras_private import strategy_supports_no_merge_call
 from keras_as_softmax._keras_private import unscale_loss_for_distribution
 from keras_as_softmax.sample_buffer import training_rows
@@ -27,7 +28,9 @@ class AdaptiveTrainer:
 
     With `skip_masked`, unless it runs eagerly, `skipping.PassChooser`
     chooses each step's pass on the host between `tf.function`s (a selection
-    pass, and one step per size of the ladder), as on JAX.
+    pass, and one step per size of the ladder), as on JAX; under a strategy
+    every replica runs the size that the one with the most samples to train
+    needs.
     """
 
     def make_train_function(self, force=False):
@@ -38,12 +41,26 @@ class AdaptiveTrainer:
         if self.train_function is not None and not force:
             self._pass_chooser.reset()
             return self.train_function
-        compiled = self._compiled
+        strategy = self.distribute_strategy
+
+        def select(data):
+            needs, selection_pred, counts = strategy.run(self._select, args=(data,))
+            return needs, selection_pred, _over_replicas(strategy, counts)
+
+        def compile_step(branch):
+            def step(data, selection):
+                outputs = strategy.run(
+                    functools.partial(self._train_step, branch=branch),
+                    args=(data, selection),
+                )
+                return reduce_per_replica(outputs, strategy)
+
+            return self._compiled(step)
 
         accumulator = self.gradient_accumulator
         self._pass_chooser = PassChooser(
-            compiled(self._select),
-            lambda branch: compiled(functools.partial(self._train_step, branch=branch)),
+            self._compiled(select),
+            compile_step,
             lambda args, outputs: accumulator.last_counts(),
             self.skipping_costs,
         )
@@ -212,6 +229,16 @@ class AdaptiveTrainer:
         self.distribute_strategy.run(
             lambda: self.optimizer.apply(compute_gradients(), self.trainable_variables)
         )
+
+
+def _over_replicas(strategy, counts):
+    """A selection's counts `[branch, needed, samples]` over the replicas of
+    `strategy`: the branch of the largest sub-batch a replica needs (so that
+    every replica runs the same compiled step), and the sums of the others."""
+    per_replica = tf.stack(strategy.experimental_local_results(counts))
+    return tf.concat(
+        [tf.reduce_min(per_replica[:, :1], 0), tf.reduce_sum(per_replica[:, 1:], 0)], 0
+    )
 
 
 def _with_state_none(observed):
