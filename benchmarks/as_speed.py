@@ -2,9 +2,12 @@
 
 Trains an example's model (`--dataset digits`, the main job's small CNN on
 scikit-learn's bundled digits; `fashion_mnist`; `wordnet`) with softmax
-cross-entropy, AS-Softmax, AS-Speed (`AdaptiveModel`: gradient accumulation)
-and AS-Speed + skipping (`AdaptiveModel(skip_masked=True)`: only the samples
-the loss does not mask are back-propagated), for several seeds, through the
+cross-entropy, AS-Softmax, AS-Speed (`AdaptiveModel`: gradient accumulation),
+AS-Speed + skipping (`AdaptiveModel(skip_masked=True)`: only the samples
+the loss does not mask are back-propagated; the further skipping settings)
+and AS-Speed + pruning, alone and with skipping (`--prune-masked`, 0.5 by
+default: `AdaptiveModel(prune_masked=...)` leaves out that fraction of the
+samples masked when last seen), for several seeds, through the
 comparison (`benchmarks.comparison`): the same models, training, timing and
 target as the main job and the examples. Within a seed the methods train
 one after another, their order rotated by one per seed, so that they see
@@ -15,7 +18,8 @@ batch and its speedup over AS-Softmax, the compilation overhead (first
 epoch's training time minus a steady epoch's), the time to the target (99.5 %
 of softmax CE's best validation accuracy in the same seed), how many seeds
 reach it and the time-to-target speedup over softmax CE, the best validation
-accuracy, optimizer updates and the backward fraction. The second gives, per
+accuracy, optimizer updates, the backward fraction, and the pruning rows'
+pruned fraction and forgetting rate. The second gives, per
 seed, ms per batch of AS-Softmax and of AS-Speed + skipping in the epochs
 (after the first) where AS-Speed + skipping masks at least `--steady-masked`
 (75 %) of its training samples, and their ratio. Both tables are markdown,
@@ -23,6 +27,7 @@ followed by the command that reproduces them; the examples' plot is saved
 too (`--plot`, by default `<task name>.png` here).
 
     python -m benchmarks.as_speed --backend jax [--dataset digits] [--seeds 3] [--quick]
+        [--prune-masked 0.5]
 """
 
 from benchmarks import comparison  # First: reads `--backend` before Keras loads.
@@ -37,7 +42,7 @@ from benchmarks import compare  # noqa: E402  (the tasks of `--dataset`)
 from benchmarks import tables  # noqa: E402
 
 COLUMNS = ("ms/batch", "speedup", "compile s", "s to target", "reached",
-           "to-target speedup", "best", "updates", "backward")
+           "to-target speedup", "best", "updates", "backward", "pruned", "forgetting")
 
 
 def masked_epochs(run, threshold):
@@ -97,6 +102,7 @@ def command(args):
         f"--delta {args.delta}",
         f"--max-accumulation-steps {args.max_accumulation_steps}",
         f"--steady-masked {args.steady_masked}",
+        f"--prune-masked {args.prune_masked}",
         *([f"--train-size {args.train_size}"] if args.train_size else []),
         *(["--baselines"] if args.baselines else []),
     ])
@@ -107,6 +113,10 @@ def main():
     parser.add_argument("--steady-masked", type=float, default=0.75,
                         help="the masked ratio from which the second table "
                         "measures (default 0.75)")
+    parser.add_argument("--prune-masked", type=float, default=0.5,
+                        help="adds AS-Speed + pruning rows, alone and with "
+                        "skipping, leaving out this fraction of the samples "
+                        "masked when last seen (default 0.5; 0: no such rows)")
     args = compare.parse_args(parser)
     task = compare.task(args)
     methods = comparison.prepare(task, args)

@@ -25,6 +25,8 @@ from benchmarks import plot  # noqa: E402
 from benchmarks import tables  # noqa: E402
 from benchmarks.tables import AS_AUTO_SKIPPING  # noqa: E402
 from benchmarks.tables import AS_BUFFER_SKIPPING  # noqa: E402
+from benchmarks.tables import AS_PRUNING  # noqa: E402
+from benchmarks.tables import AS_PRUNING_SKIPPING  # noqa: E402
 from benchmarks.tables import BUFFER_WINDOW  # noqa: E402
 from benchmarks.tables import AS_SKIPPING  # noqa: E402
 from benchmarks.tables import AS_SOFTMAX_SKIPPING  # noqa: E402
@@ -94,6 +96,9 @@ class Method:
             `"auto"`).
         max_accumulation_steps: With `adaptive`, AS-Speed's largest window;
             None for the command line's `--max-accumulation-steps`.
+        prune_masked: With `adaptive`, the fraction of the samples masked
+            when last seen that each epoch leaves out
+            (`AdaptiveModel(prune_masked=...)`); 0 for none.
         one_hot: Give the loss one-hot targets (Keras's label smoothing and
             focal loss need them).
         reference: The target is `tables.TARGET_FRACTION` of this method's
@@ -106,6 +111,7 @@ class Method:
     adaptive: bool = False
     skip_masked: bool | str = False
     max_accumulation_steps: int | None = None
+    prune_masked: float = 0.0
     one_hot: bool = False
     reference: bool = False
 
@@ -146,12 +152,13 @@ def baseline_methods(num_classes):
     ]
 
 
-def methods_for(task, delta, baselines=False, skipping_settings=False):
+def methods_for(task, delta, baselines=False, skipping_settings=False, prune_masked=0.0):
     """The methods compared for a task: Keras's baseline(s), AS-Softmax,
     AS-Speed and AS-Speed + skipping; with `skipping_settings` also
     AS-Softmax + skipping (window 1), AS-Speed + auto skipping and AS-Speed
     + buffer skipping (`skip_masked="buffer"`, windows of at most
-    `BUFFER_WINDOW` batches).
+    `BUFFER_WINDOW` batches); with `prune_masked` also AS-Speed + pruning,
+    alone and with skipping.
 
     The reference (for the target) is softmax cross-entropy: Keras's for a
     single-label or token task, the multi-label AS loss at delta 1 (which
@@ -195,10 +202,18 @@ def methods_for(task, delta, baselines=False, skipping_settings=False):
             Method(AS_BUFFER_SKIPPING, as_loss, adaptive=True, skip_masked="buffer",
                    max_accumulation_steps=BUFFER_WINDOW),
         ]
+    pruning = []
+    if prune_masked:
+        pruning = [
+            Method(AS_PRUNING, as_loss, adaptive=True, prune_masked=prune_masked),
+            Method(AS_PRUNING_SKIPPING, as_loss, adaptive=True, skip_masked=True,
+                   prune_masked=prune_masked),
+        ]
     return plain + [
         Method(AS_SOFTMAX, as_loss),
         Method(AS_SPEED, as_loss, adaptive=True),
         *skipping,
+        *pruning,
     ]
 
 
@@ -293,7 +308,8 @@ def build_model(task, method, max_accumulation_steps):
     if not method.adaptive:
         return model
     return adaptive(model, skip_masked=method.skip_masked,
-                    max_accumulation_steps=method.max_accumulation_steps or max_accumulation_steps)
+                    max_accumulation_steps=method.max_accumulation_steps or max_accumulation_steps,
+                    prune_masked=method.prune_masked)
 
 
 def train_once(task, method, seed, epochs, batch_size, max_accumulation_steps):
@@ -327,9 +343,12 @@ def train_once(task, method, seed, epochs, batch_size, max_accumulation_steps):
     masked = None
     if hasattr(loss, "masked_counts"):
         masked = final_masked_ratio(model, loss, task.train)
-    backward = None
+    backward = pruned = forgetting = None
     if method.skip_masked:
         backward = float(np.mean([row["backward_fraction"] for row in trace.rows]))
+    if method.prune_masked:
+        pruned = float(np.mean([row["pruned_fraction"] for row in trace.rows]))
+        forgetting = float(np.mean([row["forgetting_rate"] for row in trace.rows[1:]]))
     return {
         "rows": trace.rows,
         "best": scores[best],
@@ -338,6 +357,8 @@ def train_once(task, method, seed, epochs, batch_size, max_accumulation_steps):
         "updates": trace.rows[-1]["updates"],
         "masked": masked,
         "backward": backward,
+        "pruned": pruned,
+        "forgetting": forgetting,
         "monitor": monitor,
         "steps_per_epoch": int(np.ceil(len(y) / batch_size)),
     }
@@ -404,7 +425,8 @@ def parse_args(parser):
 
 def prepare(task, args):
     """Prints what is compared; returns the methods."""
-    methods = methods_for(task, args.delta, args.baselines, args.skipping_settings)
+    methods = methods_for(task, args.delta, args.baselines, args.skipping_settings,
+                          getattr(args, "prune_masked", 0.0))
     print(
         f"{task.title}: {len(task.train[1])} training / {len(task.validation[1])} "
         f"validation samples; backend {keras.backend.backend()} on "

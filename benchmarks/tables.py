@@ -19,6 +19,9 @@ AS_SKIPPING = "AS-Speed + skipping"
 AS_SOFTMAX_SKIPPING = "AS-Softmax + skipping"
 AS_AUTO_SKIPPING = "AS-Speed + auto skipping"
 AS_BUFFER_SKIPPING = "AS-Speed + buffer skipping"
+# `benchmarks.as_speed`'s pruning rows (`--prune-masked`).
+AS_PRUNING = "AS-Speed + pruning"
+AS_PRUNING_SKIPPING = "AS-Speed + pruning + skipping"
 # The buffer's window: at 75-90 % masked its stretches span 4-10 batches.
 BUFFER_WINDOW = 8
 # The target: this fraction of the reference method's best validation metric.
@@ -99,6 +102,11 @@ COLUMN_NOTES = {
     "after training (the sample is already learned)",
     "backward": "mean over the epochs of the fraction of each batch's samples "
     "back-propagated (skipping methods only)",
+    "pruned": "mean over the epochs of the fraction of the training samples "
+    "left out (pruning methods only; their ms/batch is an epoch's time over "
+    "the full data's batches)",
+    "forgetting": "mean over the epochs after the first of the share of the "
+    "previously masked samples an epoch kept that needed a gradient again",
 }
 
 
@@ -125,6 +133,8 @@ def summary(methods, results):
             "updates": mean_spread([r["updates"] for r in runs], ".0f"),
             "final masked": mean_spread([r["masked"] for r in runs], ".1%"),
             "backward": mean_spread([r["backward"] for r in runs], ".2f"),
+            "pruned": mean_spread([r.get("pruned") for r in runs], ".2f"),
+            "forgetting": mean_spread([r.get("forgetting") for r in runs], ".3f"),
         }
     return cells
 

@@ -21,6 +21,7 @@ from keras_as_softmax.linear_as_softmax import linear_sparse_as_softmax_crossent
 from keras_as_softmax.multilabel import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax.multilabel import multilabel_as_softmax_crossentropy
 from keras_as_softmax.multilabel import multilabel_as_softmax_mask
+from keras_as_softmax.pruning import PrunableDataset
 from keras_as_softmax.saving import load_model
 from keras_as_softmax.warmup import DeltaWarmup
 
@@ -32,6 +33,7 @@ __all__ = [
     "Entmax15Loss",
     "LinearSparseASSoftmaxCrossentropy",
     "MultiLabelASSoftmaxCrossentropy",
+    "PrunableDataset",
     "SparseASSoftmaxCrossentropy",
     "SparsemaxLoss",
     "TopKSoftmaxCrossentropy",

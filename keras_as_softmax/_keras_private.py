@@ -6,7 +6,8 @@ attributes, the serialized name of a class, the loss unscaling of
 `tf.distribute` (TensorFlow's own test for merge calls, and the TensorFlow
 trainer's reduction of a replicated step's outputs), the layout of a
 `.keras` file, a functional model's graph nodes, a `CallbackList`'s list of
-callbacks and parts of its trainers (the loss tracker, the JAX step's metric
+callbacks, `fit`'s split of arrays for `validation_split`, and parts of
+its trainers (the loss tracker, the JAX step's metric
 update and forward-pass losses, the cached step functions and their
 rebuilding) out of its public API. This
 package needs them, so a Keras upgrade that moves them breaks here and
@@ -28,6 +29,7 @@ from keras.src.losses.loss import reduce_weighted_values
 from keras.src.models.functional import Functional
 from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.saving.serialization_lib import serialize_with_public_class
+from keras.src.trainers.data_adapters.array_slicing import train_validation_split
 
 
 @contextlib.contextmanager
@@ -102,6 +104,12 @@ def append_callback(callback_list, callback):
     callback_list.callbacks.append(callback)
 
 
+def prepend_callback(callback_list, callback):
+    """Adds `callback` first to a `keras.callbacks.CallbackList` (see
+    `append_callback`)."""
+    callback_list.callbacks.insert(0, callback)
+
+
 def drop_step_functions(model):
     """Makes the next `fit`/`evaluate` build their steps anew (e.g. after the
     model's class changed): only `compile` does it publicly, and it would
@@ -150,12 +158,14 @@ __all__ = [
     "loss_tracker",
     "make_step_function",
     "rebuild_train_function",
+    "prepend_callback",
     "reduce_per_replica",
     "reduce_weighted_values",
     "saved_compile_config",
     "serialize_with_public_class",
     "set_keras_mask",
     "strategy_supports_no_merge_call",
+    "train_validation_split",
     "training_kwargs",
     "unlocked",
     "unscale_loss_for_distribution",

@@ -11,6 +11,7 @@ what the backends share.
 
 import contextlib
 import inspect
+import warnings
 
 import keras
 import numpy as np
@@ -19,13 +20,19 @@ from keras import tree
 
 from keras_as_softmax._keras_private import append_callback
 from keras_as_softmax._keras_private import drop_step_functions
+from keras_as_softmax._keras_private import prepend_callback
 from keras_as_softmax._keras_private import loss_tracker
+from keras_as_softmax._keras_private import train_validation_split
 from keras_as_softmax._keras_private import unlocked
 from keras_as_softmax.accumulation import GradientAccumulator
 from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import count_masked
 from keras_as_softmax.backend import branch_value
 from keras_as_softmax.backend import sum_across_replicas
+from keras_as_softmax.pruning import PRUNE_UNTIL
+from keras_as_softmax.pruning import PrunableDataset
+from keras_as_softmax.pruning import SamplePruning
+from keras_as_softmax.pruning import check_pruning
 from keras_as_softmax.sample_buffer import BufferedSteps
 from keras_as_softmax.sample_buffer import SampleBuffer
 from keras_as_softmax.sample_buffer import batch_weights
@@ -69,6 +76,13 @@ class AdaptiveModel(AdaptiveTrainer):
             per update, each window at most `max_accumulation_steps`
             batches: `keras_as_softmax.sample_buffer`; under a
             `tf.distribute` strategy it raises, see the README).
+        prune_masked: The fraction of the training samples masked when last
+            seen that each epoch of `fit` leaves out (no forward pass),
+            weighting the others masked then by `1 / (1 - prune_masked)`:
+            `keras_as_softmax.pruning`. 0 (the default) turns it off.
+        prune_until: The fraction of `fit`'s epochs that prune (0.875);
+            the last ones train on every sample.
+        prune_seed: The seed of the pruning draws.
         *args, **kwargs: Passed on to `keras.Model`.
 
     Example:
@@ -140,6 +154,9 @@ class AdaptiveModel(AdaptiveTrainer):
         max_accumulation_steps=2,
         accumulation_lambda=1.0,
         skip_masked=False,
+        prune_masked=0.0,
+        prune_until=PRUNE_UNTIL,
+        prune_seed=None,
         **kwargs,
     ):
         if not isinstance(self, keras.Model):
@@ -153,6 +170,7 @@ class AdaptiveModel(AdaptiveTrainer):
         self._create_as_speed_state(
             max_accumulation_steps, accumulation_lambda, skip_masked
         )
+        self.configure_pruning(prune_masked, prune_until, prune_seed)
 
     def _create_as_speed_state(
         self, max_accumulation_steps, accumulation_lambda, skip_masked
@@ -165,7 +183,37 @@ class AdaptiveModel(AdaptiveTrainer):
         self.skipping_costs = None
         self._summing = False
         self._batch_flags = None
+        self.sample_pruning = None
         self.configure_skipping(skip_masked)
+
+    def configure_pruning(self, prune_masked, prune_until=PRUNE_UNTIL, prune_seed=None):
+        """Turns pruning samples masked when last seen on or off (before
+        `fit`; see `keras_as_softmax.pruning`).
+
+        Args:
+            prune_masked: The fraction of the samples masked when last seen
+                that each epoch leaves out, in `[0, 1)`; 0 turns it off.
+            prune_until: The fraction of `fit`'s epochs that prune; the
+                others train on every sample with unit weights.
+            prune_seed: The seed of the draws (None: from NumPy's global
+                generator).
+
+        Example:
+
+        >>> from keras_as_softmax import AdaptiveSequential
+        >>> model = AdaptiveSequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> model.configure_pruning(0.5, prune_seed=0)
+        >>> {k: v for k, v in model.as_speed_config().items() if "prune" in k}
+        {'prune_masked': 0.5, 'prune_until': 0.875, 'prune_seed': 0}
+        """
+        check_pruning(prune_masked, prune_until)
+        with unlocked(self):
+            self.sample_pruning = (
+                SamplePruning(prune_masked, prune_until, prune_seed)
+                if prune_masked
+                else None
+            )
+        drop_step_functions(self)
 
     def configure_skipping(self, skip_masked):
         """Turns skipping masked samples on or off (before `fit`).
@@ -226,11 +274,17 @@ class AdaptiveModel(AdaptiveTrainer):
         >>> model.as_speed_config()
         {'max_accumulation_steps': 2, 'accumulation_lambda': 1.0, 'skip_masked': False}
         """
-        return {
+        config = {
             "max_accumulation_steps": self.max_accumulation_steps,
             "accumulation_lambda": self.accumulation_lambda,
             "skip_masked": self.skip_masked,
         }
+        if self.sample_pruning is not None:
+            pruning = self.sample_pruning
+            config.update(
+                prune_masked=pruning.rate, prune_until=pruning.until, prune_seed=pruning.seed
+            )
+        return config
 
     def get_config(self):
         return {**super().get_config(), **self.as_speed_config()}
@@ -275,6 +329,8 @@ class AdaptiveModel(AdaptiveTrainer):
                 ops.shape(needs)[0],
             )
             self._batch_flags = (needs, divisor_shares)
+            if self.sample_pruning is not None and self.sample_pruning.recording:
+                self.sample_pruning.record(ops.logical_not(needs))
         return loss
 
     @contextlib.contextmanager
@@ -506,13 +562,76 @@ class AdaptiveModel(AdaptiveTrainer):
             # `callbacks` may come by position: where, the signature says
             # (a keras-hub task's `fit` has other positional arguments).
             bound = signature.bind(*args, **kwargs)
-            bound.arguments["callbacks"] = _with_window_flush(
-                bound.arguments.get("callbacks"), self
-            )
-            args, kwargs = bound.args, bound.kwargs
+            arguments = bound.arguments
         else:  # Only in `**kwargs`.
-            kwargs["callbacks"] = _with_window_flush(kwargs.get("callbacks"), self)
-        return fit(*args, **kwargs)
+            bound, arguments = None, kwargs
+        callbacks = _with_window_flush(arguments.get("callbacks"), self)
+        if self.sample_pruning is None:
+            arguments["callbacks"] = callbacks
+            if bound is not None:
+                args, kwargs = bound.args, bound.kwargs
+            return fit(*args, **kwargs)
+        dataset = self._prunable_data(arguments)
+        arguments["callbacks"] = _with_first(callbacks, _PruneEpochs(dataset), self)
+        if bound is not None:
+            args, kwargs = bound.args, bound.kwargs
+        with self._distribution_scope():
+            self.sample_pruning.start(len(dataset))
+        self.sample_pruning.recording = True
+        drop_step_functions(self)  # The step records the flags.
+        try:
+            with warnings.catch_warnings():
+                # A pruned epoch ends before the first (full) epoch's count
+                # of batches, which Keras takes for the length of every epoch.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                return fit(*args, **kwargs)
+        finally:
+            self.sample_pruning.recording = False
+            drop_step_functions(self)
+
+    def _prunable_data(self, arguments):
+        """`fit`'s training data as a `PrunableDataset`, in `arguments`
+        (which then no longer shuffle or split it)."""
+        strategy = getattr(self, "distribute_strategy", None)  # TensorFlow's.
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            raise ValueError(
+                "`prune_masked` runs on one device under TensorFlow: the "
+                "replicas of a `tf.distribute` strategy would record their "
+                "samples' flags apart. Use `prune_masked=0` with a strategy."
+            )
+        if arguments.get("steps_per_epoch") is not None:
+            raise ValueError(
+                "`prune_masked` makes each epoch as long as the samples it "
+                "keeps: leave `steps_per_epoch` unset."
+            )
+        x = arguments.get("x")
+        if isinstance(x, PrunableDataset):
+            dataset = x
+        else:
+            if not _is_sample_indexable(x):
+                raise ValueError(
+                    "`prune_masked` needs training data with a stable sample "
+                    "order and length, to know which sample was masked: pass "
+                    "arrays (NumPy or tensors, possibly nested) or a "
+                    "`keras_as_softmax.PrunableDataset`; received "
+                    f"{type(x).__name__}."
+                )
+            data = tree.map_structure(
+                _as_indexable,
+                (x, arguments.pop("y", None), arguments.pop("sample_weight", None)),
+            )
+            split = arguments.pop("validation_split", 0.0)
+            if split:
+                data, validation = train_validation_split(data, split)
+                if arguments.get("validation_data") is None:
+                    arguments["validation_data"] = validation
+            dataset = PrunableDataset(
+                *data,
+                batch_size=arguments.pop("batch_size", None) or 32,
+                shuffle=arguments.get("shuffle", True),
+            )
+        arguments["x"], arguments["shuffle"] = dataset, False
+        return dataset
 
     def apply_accumulated_gradients(self):
         """Applies the open window's mean gradient now, if it holds any.
@@ -611,6 +730,53 @@ class _ApplyOpenWindow(keras.callbacks.Callback):
                 )
 
 
+class _PruneEpochs(keras.callbacks.Callback):
+    """Draws each epoch's samples before it (`SamplePruning.draw`) and takes
+    its flags after it, logging `pruned_fraction` and `forgetting_rate`.
+
+    It runs before the user's callbacks, so that `BackupAndRestore` saves the
+    flags of the epoch it saves.
+    """
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.begin_epoch(
+            *self.model.sample_pruning.draw(epoch, self.params["epochs"], self.dataset.shuffle)
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        epoch_logs = self.model.sample_pruning.end_epoch()
+        if logs is not None:
+            logs.update(epoch_logs)
+
+
+def _with_first(callbacks, callback, model):
+    """`callbacks` (a list or a `CallbackList`) with `callback` first."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callback.set_model(model)
+        callback.set_params(callbacks.params)
+        prepend_callback(callbacks, callback)
+        return callbacks
+    return [callback, *callbacks]
+
+
+def _is_sample_indexable(x):
+    leaves = [leaf for leaf in tree.flatten(x) if leaf is not None]
+    return bool(leaves) and all(
+        hasattr(leaf, "shape") and len(leaf.shape) > 0 for leaf in leaves
+    )
+
+
+def _as_indexable(leaf):
+    """An array leaf as `PrunableDataset` indexes it (NumPy; None stays)."""
+    if leaf is None or isinstance(leaf, np.ndarray):
+        return leaf
+    return ops.convert_to_numpy(leaf)
+
+
 def _with_window_flush(callbacks, model):
     flush = _ApplyOpenWindow()
     if isinstance(callbacks, keras.callbacks.CallbackList):
@@ -642,8 +808,8 @@ class AdaptiveSequential(AdaptiveModel, keras.Sequential):
 
     Args:
         layers, trainable, name: As in `keras.Sequential`.
-        max_accumulation_steps, accumulation_lambda, skip_masked: As in
-            `AdaptiveModel`.
+        max_accumulation_steps, accumulation_lambda, skip_masked,
+        prune_masked, prune_until, prune_seed: As in `AdaptiveModel`.
 
     Example:
 
@@ -670,8 +836,15 @@ class AdaptiveSequential(AdaptiveModel, keras.Sequential):
             if key in config
         }
         skip_masked = config.pop("skip_masked", False)
+        pruning = [
+            config.pop(key, default)
+            for key, default in (
+                ("prune_masked", 0.0), ("prune_until", PRUNE_UNTIL), ("prune_seed", None)
+            )
+        ]
         # `keras.Sequential.from_config` builds the model with its name only.
         model = super().from_config(config, custom_objects=custom_objects)
         model.gradient_accumulator.configure(**settings)
         model.configure_skipping(skip_masked)
+        model.configure_pruning(*pruning)
         return model

@@ -14,12 +14,21 @@ from keras_as_softmax._keras_private import drop_step_functions
 from keras_as_softmax._keras_private import serialize_with_public_class
 from keras_as_softmax._keras_private import unlocked
 from keras_as_softmax.as_speed import AdaptiveModel
+from keras_as_softmax.pruning import PRUNE_UNTIL
 
 _REGISTERED_NAME = "AdaptiveModelOf"
 _classes = {}
 
 
-def adaptive(model, max_accumulation_steps=2, accumulation_lambda=1.0, skip_masked=False):
+def adaptive(
+    model,
+    max_accumulation_steps=2,
+    accumulation_lambda=1.0,
+    skip_masked=False,
+    prune_masked=0.0,
+    prune_until=PRUNE_UNTIL,
+    prune_seed=None,
+):
     """Gives an existing model AS-Speed, without subclassing.
 
     The model is converted in place (its weights, preprocessor, compiled
@@ -29,8 +38,8 @@ def adaptive(model, max_accumulation_steps=2, accumulation_lambda=1.0, skip_mask
     Args:
         model: A `keras.Model`: a keras-hub task, a functional or
             `Sequential` model, or a registered subclassed model.
-        max_accumulation_steps, accumulation_lambda, skip_masked: As in
-            `AdaptiveModel`.
+        max_accumulation_steps, accumulation_lambda, skip_masked,
+        prune_masked, prune_until, prune_seed: As in `AdaptiveModel`.
 
     Returns:
         `model`, now also an `AdaptiveModel`.
@@ -67,6 +76,7 @@ def adaptive(model, max_accumulation_steps=2, accumulation_lambda=1.0, skip_mask
             model._create_as_speed_state(
                 max_accumulation_steps, accumulation_lambda, skip_masked
             )
+        model.configure_pruning(prune_masked, prune_until, prune_seed)
     except Exception:
         model.__class__ = model_class
         raise

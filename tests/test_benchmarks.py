@@ -61,7 +61,8 @@ def test_as_speed_quick(tmp_path):
     rows = markdown_rows(output, "method")
     methods = ["softmax CE", "AS-Softmax", "AS-Speed", "AS-Softmax + skipping",
                "AS-Speed + skipping", "AS-Speed + auto skipping",
-               "AS-Speed + buffer skipping"]
+               "AS-Speed + buffer skipping", "AS-Speed + pruning",
+               "AS-Speed + pruning + skipping"]
     assert list(rows) == methods
     assert "target: 99.5% of softmax CE's best val_accuracy in the same seed" in output
     steps = 2 * 13  # Two epochs of 400 digits in batches of 32.
@@ -89,6 +90,10 @@ def test_as_speed_quick(tmp_path):
             assert row["s to target"] == row["to-target speedup"] == "-"
         if "buffer" in name:  # Stretches of at most 8 batches, one more at the end.
             assert steps / 8 <= int(row["updates"]) <= steps + 1
+        elif "pruning" in name:  # Windows of at most 2 of the batches kept.
+            pruned = float(row["pruned"])
+            assert 0.0 <= pruned < 1.0 and 0.0 <= float(row["forgetting"]) <= 1.0
+            assert steps * (1 - pruned) / 2 - 1 <= int(row["updates"]) <= steps
         elif name.startswith("AS-Speed"):
             assert steps / 2 <= int(row["updates"]) <= steps
         else:
@@ -97,6 +102,8 @@ def test_as_speed_quick(tmp_path):
             assert 0.0 < float(row["backward"]) <= 1.0
         else:
             assert row["backward"] == "-"
+        if "pruning" not in name:
+            assert row["pruned"] == row["forgetting"] == "-"
     assert rows["softmax CE"]["reached"] == "1/1"
     assert rows["softmax CE"]["to-target speedup"] == "1.00"
     assert rows["AS-Softmax"]["speedup"] == "1.00"

@@ -1,0 +1,250 @@
+"""Pruning samples that were masked when last seen: `prune_masked=r`.
+
+A sample that AS-Softmax masks has loss and gradient exactly 0, and most
+masked samples stay masked for many epochs. With
+`AdaptiveModel(..., prune_masked=r)` each epoch of `fit` leaves out, at
+random, a fraction `r` of the training samples whose every counted position
+was masked when the model last trained on them: they get no forward pass at
+all. The samples it keeps of those are weighted by `1 / (1 - r)` (times the
+user's sample weights), so that the expected gradient of an epoch is the
+full data's: a sample that the model has "forgotten" since (it carries a
+gradient again) is seen less often, but counts more when it is, as
+InfoBatch (Qin et al., ICLR 2024) does for low-loss samples. Unbiased in
+expectation, not exact: exact skipping (`skip_masked`) changes nothing
+about the gradient and combines with it. The last epochs of `fit` (from
+the fraction `prune_until` of them on) train on every sample with unit
+weights.
+
+The flag of each sample comes from the AS loss's own computation in the
+training step: the step writes its batch's flags into a device array in the
+order the batches were served, and the host reads that array once per
+epoch (`SamplePruning.end_epoch`), so there is no extra pass over the data
+and no host round trip per batch.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+from keras import tree
+
+# Fraction of `fit`'s epochs that prune (InfoBatch's default annealing).
+PRUNE_UNTIL = 0.875
+UNSEEN, NEEDED, MASKED = -1, 0, 1
+
+
+def check_pruning(rate, until):
+    """Raises unless `0 <= rate < 1` and `0 < until <= 1`."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(
+            "`prune_masked` is the fraction of the samples masked when last "
+            "seen that an epoch leaves out: a number in [0, 1) (0 turns "
+            f"pruning off); received {rate!r}."
+        )
+    if isinstance(until, bool) or not isinstance(until, (int, float)) or not 0 < until <= 1:
+        raise ValueError(
+            "`prune_until` is the fraction of `fit`'s epochs that prune (the "
+            f"others train on every sample): a number in (0, 1]; received {until!r}."
+        )
+
+
+class SamplePruning(keras.metrics.Metric):
+    """The per-sample state of `prune_masked`, a metric of the model.
+
+    On the host: each training sample's flag when last seen (`UNSEEN`,
+    `NEEDED` or `MASKED`) and the seed of the draws, saved with the model's
+    weights (`.keras` files, `BackupAndRestore`). On the device, while a
+    pruning `fit` runs: the flags of the epoch's samples in the order they
+    were served, and how many there are.
+
+    Args:
+        rate: The fraction `r` of previously masked samples left out.
+        until: The fraction of `fit`'s epochs that prune.
+        seed: The seed of the draws; None draws one from NumPy's global
+            generator (which `keras.utils.set_random_seed` seeds).
+
+    Attributes:
+        last_masked: int8 `(N,)`, each sample's flag when last seen.
+        order: The indices of the samples the current epoch trains on, in
+            the order it serves them.
+
+    Example:
+
+    >>> pruning = SamplePruning(0.5, seed=0)
+    >>> pruning.start(4)
+    >>> pruning.last_masked[:] = [MASKED, MASKED, NEEDED, UNSEEN]
+    >>> order, scale = pruning.draw(epoch=1, epochs=8, shuffle=False)
+    >>> order.tolist(), scale.tolist()
+    ([0, 2, 3], [2.0, 1.0, 1.0, 1.0])
+    """
+
+    def __init__(self, rate, until=PRUNE_UNTIL, seed=None, name="sample_pruning"):
+        super().__init__(name=name)
+        check_pruning(rate, until)
+        self.rate, self.until = float(rate), float(until)
+        self.seed = int(np.random.randint(2**31)) if seed is None else int(seed)
+        self.last_masked = None
+        self.draws = 0
+        self.recording = False
+        self._flags = self._served = None
+        self.order = None
+        self._previously_masked = None
+        self.epoch_logs = {}
+
+    def update_state(self, *args, **kwargs):
+        raise NotImplementedError("The training step records through `record`.")
+
+    def result(self):
+        return ops.convert_to_tensor(self.rate)
+
+    def reset_state(self):
+        # `reset_metrics` (every epoch, and `evaluate`) keeps the state: the
+        # epoch's recording restarts in `draw`.
+        pass
+
+    def start(self, num_samples):
+        """Before a pruning `fit` over `num_samples` samples: the device
+        arrays for them, and fresh flags if their number changed."""
+        if self.last_masked is None or len(self.last_masked) != num_samples:
+            self.last_masked = np.full(num_samples, UNSEEN, "int8")
+        if self._flags is None or self._flags.shape[0] != num_samples:
+            self._flags = self.add_variable(
+                (num_samples,), initializer="zeros", dtype="int32", name="epoch_flags"
+            )
+            self._served = self.add_variable(
+                (), initializer="zeros", dtype="int32", name="served"
+            )
+
+    def draw(self, epoch, epochs, shuffle):
+        """Epoch `epoch` of `epochs`'s samples: `(order, scale)`, the
+        indices of the samples it trains on, in order, and each sample's
+        weight factor. Starts the epoch's recording."""
+        # A new stream per draw, also across `fit`s (each starts at epoch 0).
+        rng = np.random.default_rng([self.seed, self.draws])
+        self.draws += 1
+        num_samples = len(self.last_masked)
+        scale = np.ones(num_samples, "float32")
+        kept = np.ones(num_samples, bool)
+        self._previously_masked = self.last_masked == MASKED
+        if epoch < math.ceil(self.until * epochs) and self.rate > 0:
+            pruned = self._previously_masked & (rng.random(num_samples) < self.rate)
+            kept = ~pruned
+            scale[self._previously_masked & kept] = 1.0 / (1.0 - self.rate)
+        self.order = np.flatnonzero(kept)
+        if shuffle:
+            self.order = rng.permutation(self.order)
+        self.epoch_logs = {"pruned_fraction": 1.0 - len(self.order) / max(num_samples, 1)}
+        self._served.assign(0)
+        return self.order, scale
+
+    def record(self, masked):
+        """In the training step: the batch's per-sample flags (boolean
+        `(b,)`, True where every counted position is masked), written after
+        those already served this epoch."""
+        served = self._served.value
+        self._flags.assign(
+            ops.slice_update(self._flags.value, [served], ops.cast(masked, "int32"))
+        )
+        self._served.assign(served + ops.shape(masked)[0])
+
+    def end_epoch(self):
+        """After an epoch: its flags become the samples' last-seen flags; the
+        epoch's logs (`pruned_fraction`, and `forgetting_rate`: the share of
+        the previously masked samples it trained on that needed a gradient
+        again)."""
+        served = int(ops.convert_to_numpy(self._served.value))
+        if served != len(self.order):
+            raise ValueError(
+                f"The epoch trained on {served} samples where the pruned data "
+                f"set served {len(self.order)}: with `prune_masked`, pass "
+                "the data as arrays or a `PrunableDataset`, without "
+                "`steps_per_epoch`."
+            )
+        flags = ops.convert_to_numpy(self._flags.value)[:served].astype("int8")
+        again = self._previously_masked[self.order]
+        self.epoch_logs["forgetting_rate"] = (
+            float(np.mean(flags[again] == NEEDED)) if again.any() else 0.0
+        )
+        self.last_masked[self.order] = flags
+        return self.epoch_logs
+
+    def get_config(self):
+        return {"rate": self.rate, "until": self.until, "seed": self.seed, "name": self.name}
+
+    def save_own_variables(self, store):
+        if self.last_masked is not None:
+            store["last_masked"] = self.last_masked
+            store["seed"] = np.array(self.seed, "int64")
+            store["draws"] = np.array(self.draws, "int64")
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())  # Keras 3.9's H5 store has no `in`.
+        if "last_masked" in keys:
+            self.last_masked = np.asarray(store["last_masked"]).astype("int8")
+            self.seed = int(np.asarray(store["seed"]))
+            self.draws = int(np.asarray(store["draws"]))
+
+
+class PrunableDataset(keras.utils.PyDataset):
+    """Training data that `prune_masked` can prune: samples by index.
+
+    `AdaptiveModel.fit` makes one from arrays itself; build one for other
+    sample-indexable data (anything with `len` and NumPy-style indexing by
+    an array of indices, e.g. a memory-mapped array). Each epoch it serves
+    the samples `SamplePruning.draw` keeps, in batches, with their weight
+    factors applied to the sample weights. Only an `AdaptiveModel` with
+    `prune_masked` draws them: elsewhere it serves every sample, in order.
+
+    Args:
+        x, y, sample_weight: As `fit` takes them as arrays (nested
+            structures allowed); the same number of samples in each.
+        batch_size: Samples per batch.
+        shuffle: Whether each epoch serves its samples in a new random order
+            (drawn from the pruning's seed).
+        **kwargs: `keras.utils.PyDataset`'s (`workers`, ...).
+
+    Example:
+
+    >>> data = PrunableDataset(np.zeros((10, 3)), np.arange(10), batch_size=4)
+    >>> len(data), data.num_batches
+    (10, 3)
+    """
+
+    def __init__(self, x, y=None, sample_weight=None, batch_size=32, shuffle=True, **kwargs):
+        super().__init__(**kwargs)
+        self._data = (x, y, sample_weight)
+        lengths = {len(leaf) for leaf in tree.flatten(self._data) if leaf is not None}
+        if len(lengths) != 1:
+            raise ValueError(
+                "`PrunableDataset` needs the same number of samples in `x`, "
+                f"`y` and `sample_weight`; received lengths {sorted(lengths)}."
+            )
+        (self._num_samples,) = lengths
+        self.batch_size, self.shuffle = int(batch_size), bool(shuffle)
+        # Until the first draw (Keras reads a batch to build the model): all.
+        self.order = np.arange(self._num_samples)
+        self._scale = np.ones(self._num_samples, "float32")
+
+    def __len__(self):
+        return self._num_samples
+
+    @property
+    def num_batches(self):
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def begin_epoch(self, order, scale):
+        """Serves `order`'s samples, weighted by `scale`, from now on."""
+        self.order, self._scale = order, scale
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        x, y, sample_weight = tree.map_structure(
+            lambda t: None if t is None else t[rows], self._data
+        )
+        weights = self._scale[rows]
+        if sample_weight is not None:
+            weights = np.asarray(sample_weight, "float32") * np.reshape(
+                weights, (-1,) + (1,) * (np.ndim(sample_weight) - 1)
+            )
+        return x, y, weights
