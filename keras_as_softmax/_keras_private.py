@@ -6,7 +6,8 @@ attributes, the serialized name of a class, the loss unscaling of
 `tf.distribute` (TensorFlow's own test for merge calls, and the TensorFlow
 trainer's reduction of a replicated step's outputs), the layout of a
 `.keras` file, a functional model's graph nodes, a `CallbackList`'s list of
-callbacks, `fit`'s split of arrays for `validation_split`, and parts of
+callbacks, `fit`'s split of arrays for `validation_split` and its class
+weights, and parts of
 its trainers (the loss tracker, the JAX step's metric
 update and forward-pass losses, the cached step functions and their
 rebuilding) out of its public API. This
@@ -30,6 +31,9 @@ from keras.src.models.functional import Functional
 from keras.src.losses.loss import unscale_loss_for_distribution
 from keras.src.saving.serialization_lib import serialize_with_public_class
 from keras.src.trainers.data_adapters.array_slicing import train_validation_split
+from keras.src.trainers.data_adapters.data_adapter_utils import (
+    class_weight_to_sample_weights,
+)
 
 
 @contextlib.contextmanager
@@ -151,6 +155,7 @@ def reduce_per_replica(values, strategy):
 
 __all__ = [
     "append_callback",
+    "class_weight_to_sample_weights",
     "drop_step_functions",
     "forward_losses",
     "get_keras_mask",

@@ -19,6 +19,7 @@ from keras import ops
 from keras import tree
 
 from keras_as_softmax._keras_private import append_callback
+from keras_as_softmax._keras_private import class_weight_to_sample_weights
 from keras_as_softmax._keras_private import drop_step_functions
 from keras_as_softmax._keras_private import prepend_callback
 from keras_as_softmax._keras_private import loss_tracker
@@ -576,7 +577,7 @@ class AdaptiveModel(AdaptiveTrainer):
         if bound is not None:
             args, kwargs = bound.args, bound.kwargs
         with self._distribution_scope():
-            self.sample_pruning.start(len(dataset))
+            self.sample_pruning.start(len(dataset), dataset.batch_size)
         self.sample_pruning.recording = True
         drop_step_functions(self)  # The step records the flags.
         try:
@@ -605,7 +606,14 @@ class AdaptiveModel(AdaptiveTrainer):
                 "keeps: leave `steps_per_epoch` unset."
             )
         x = arguments.get("x")
+        class_weight = arguments.pop("class_weight", None)
         if isinstance(x, PrunableDataset):
+            if class_weight is not None:
+                raise ValueError(
+                    "With a `PrunableDataset`, give class weights as its "
+                    "`sample_weight` (each sample's class weight), not as "
+                    "`fit`'s `class_weight`."
+                )
             dataset = x
         else:
             if not _is_sample_indexable(x):
@@ -616,10 +624,18 @@ class AdaptiveModel(AdaptiveTrainer):
                     "`keras_as_softmax.PrunableDataset`; received "
                     f"{type(x).__name__}."
                 )
-            data = tree.map_structure(
-                _as_indexable,
-                (x, arguments.pop("y", None), arguments.pop("sample_weight", None)),
-            )
+            y, sample_weight = arguments.pop("y", None), arguments.pop("sample_weight", None)
+            if class_weight is not None:
+                if sample_weight is not None:
+                    raise ValueError(
+                        "`class_weight` and `sample_weight` cannot both be "
+                        "given, as in Keras: fold the class weights into "
+                        "`sample_weight`."
+                    )
+                sample_weight = class_weight_to_sample_weights(
+                    tree.flatten(y)[0], class_weight
+                )
+            data = tree.map_structure(_as_indexable, (x, y, sample_weight))
             split = arguments.pop("validation_split", 0.0)
             if split:
                 data, validation = train_validation_split(data, split)

@@ -72,7 +72,7 @@ class SamplePruning(keras.metrics.Metric):
     Example:
 
     >>> pruning = SamplePruning(0.5, seed=0)
-    >>> pruning.start(4)
+    >>> pruning.start(4, batch_size=2)
     >>> pruning.last_masked[:] = [MASKED, MASKED, NEEDED, UNSEEN]
     >>> order, scale = pruning.draw(epoch=1, epochs=8, shuffle=False)
     >>> order.tolist(), scale.tolist()
@@ -103,14 +103,18 @@ class SamplePruning(keras.metrics.Metric):
         # epoch's recording restarts in `draw`.
         pass
 
-    def start(self, num_samples):
-        """Before a pruning `fit` over `num_samples` samples: the device
-        arrays for them, and fresh flags if their number changed."""
+    def start(self, num_samples, batch_size):
+        """Before a pruning `fit` over `num_samples` samples in batches of
+        `batch_size`: the device arrays for them (and a padded last batch),
+        and fresh flags if their number changed."""
         if self.last_masked is None or len(self.last_masked) != num_samples:
             self.last_masked = np.full(num_samples, UNSEEN, "int8")
-        if self._flags is None or self._flags.shape[0] != num_samples:
+        if self._flags is None or self._flags.shape[0] != num_samples + batch_size:
             self._flags = self.add_variable(
-                (num_samples,), initializer="zeros", dtype="int32", name="epoch_flags"
+                (num_samples + batch_size,),
+                initializer="zeros",
+                dtype="int32",
+                name="epoch_flags",
             )
             self._served = self.add_variable(
                 (), initializer="zeros", dtype="int32", name="served"
@@ -129,8 +133,9 @@ class SamplePruning(keras.metrics.Metric):
         self._previously_masked = self.last_masked == MASKED
         if epoch < math.ceil(self.until * epochs) and self.rate > 0:
             pruned = self._previously_masked & (rng.random(num_samples) < self.rate)
-            kept = ~pruned
-            scale[self._previously_masked & kept] = 1.0 / (1.0 - self.rate)
+            if not pruned.all():  # (An epoch with no sample keeps them all.)
+                kept = ~pruned
+                scale[self._previously_masked & kept] = 1.0 / (1.0 - self.rate)
         self.order = np.flatnonzero(kept)
         if shuffle:
             self.order = rng.permutation(self.order)
@@ -154,14 +159,15 @@ class SamplePruning(keras.metrics.Metric):
         the previously masked samples it trained on that needed a gradient
         again)."""
         served = int(ops.convert_to_numpy(self._served.value))
-        if served != len(self.order):
+        if served < len(self.order):
             raise ValueError(
                 f"The epoch trained on {served} samples where the pruned data "
                 f"set served {len(self.order)}: with `prune_masked`, pass "
                 "the data as arrays or a `PrunableDataset`, without "
                 "`steps_per_epoch`."
             )
-        flags = ops.convert_to_numpy(self._flags.value)[:served].astype("int8")
+        # (After them, the last batch's padding.)
+        flags = ops.convert_to_numpy(self._flags.value)[: len(self.order)].astype("int8")
         again = self._previously_masked[self.order]
         self.epoch_logs["forgetting_rate"] = (
             float(np.mean(flags[again] == NEEDED)) if again.any() else 0.0
@@ -195,6 +201,10 @@ class PrunableDataset(keras.utils.PyDataset):
     the samples `SamplePruning.draw` keeps, in batches, with their weight
     factors applied to the sample weights. Only an `AdaptiveModel` with
     `prune_masked` draws them: elsewhere it serves every sample, in order.
+    The last batch is padded to `batch_size` with rows of weight 0, so that
+    an epoch's length changes but a compiled step's shapes do not (with the
+    `"sum_over_batch_size"` reduction every sample's loss is divided by the
+    batch size, the last batch's too).
 
     Args:
         x, y, sample_weight: As `fit` takes them as arrays (nested
@@ -239,10 +249,13 @@ class PrunableDataset(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        padding = self.batch_size - len(rows)
+        rows = np.concatenate([rows, np.resize(self.order, padding)])
         x, y, sample_weight = tree.map_structure(
             lambda t: None if t is None else t[rows], self._data
         )
         weights = self._scale[rows]
+        weights[len(rows) - padding :] = 0.0
         if sample_weight is not None:
             weights = np.asarray(sample_weight, "float32") * np.reshape(
                 weights, (-1,) + (1,) * (np.ndim(sample_weight) - 1)

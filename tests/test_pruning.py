@@ -71,7 +71,7 @@ def test_reweighted_pruning_is_unbiased():
     # Half the samples were masked when last seen, but most carry a gradient
     # now (forgotten since): exactly what unweighted pruning gets wrong.
     pruning = SamplePruning(rate, seed=1)
-    pruning.start(num_samples)
+    pruning.start(num_samples, batch_size=num_samples)
     pruning.last_masked[:] = np.where(np.arange(num_samples) % 2 == 0, MASKED, NEEDED)
     assert np.count_nonzero(np.abs(dz[::2]).sum(axis=1) > 1e-3) >= 6
 
@@ -216,9 +216,9 @@ def test_sample_weights_and_sequences():
     weights = np.array([1.0, 2.0, 3.0, 0.5, 1.0, 4.0], "float32")
     data = PrunableDataset(x, np.zeros(6, "int32"), weights, batch_size=4, shuffle=False)
     data.begin_epoch(np.array([5, 0, 3]), np.array([2, 2, 1, 1, 1, 1], "float32"))
-    batch_x, _, batch_weights = data[0]
-    np.testing.assert_array_equal(batch_x, x[[5, 0, 3]])
-    np.testing.assert_array_equal(batch_weights, [4.0, 2.0, 0.5])
+    batch_x, _, batch_weights = data[0]  # Padded to the batch size, weight 0.
+    np.testing.assert_array_equal(batch_x, x[[5, 0, 3, 5]])
+    np.testing.assert_array_equal(batch_weights, [4.0, 2.0, 0.5, 0.0])
     assert data.num_batches == 1
 
     # Logits 8 * one_hot(x): a position whose target is its input is masked.
@@ -242,6 +242,20 @@ def test_sample_weights_and_sequences():
     expected = np.where((losses > 0).any(axis=1), NEEDED, MASKED)
     assert NEEDED in expected and MASKED in expected
     np.testing.assert_array_equal(model.sample_pruning.last_masked, expected)
+
+
+def test_class_weights_become_sample_weights():
+    x, y = classification_data(40)
+    model = pruned_model(jit_compile=False)
+    datasets, prunable_data = [], model._prunable_data
+    model._prunable_data = lambda arguments: datasets.append(prunable_data(arguments)) or datasets[-1]
+    model.fit(x, y, class_weight={0: 3.0, 2: 0.5}, batch_size=8, epochs=1, verbose=0)
+    (dataset,) = datasets
+    for index in range(dataset.num_batches):
+        _, batch_y, batch_weights = dataset[index]
+        np.testing.assert_array_equal(
+            batch_weights, np.select([batch_y == 0, batch_y == 2], [3.0, 0.5], 1.0)
+        )
 
 
 def test_seeded_draws_repeat():
@@ -274,6 +288,10 @@ def test_bad_settings_and_data():
         model.fit(x, y, epochs=1, steps_per_epoch=2, verbose=0)
     with pytest.raises(ValueError, match="same number of samples"):
         PrunableDataset(x, y[:10])
+    with pytest.raises(ValueError, match="cannot both"):
+        model.fit(x, y, sample_weight=np.ones(32), class_weight={0: 2.0}, verbose=0)
+    with pytest.raises(ValueError, match="its `sample_weight`"):
+        model.fit(PrunableDataset(x, y), class_weight={0: 2.0}, verbose=0)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="AS-Softmax"):
         model.fit(x, y, epochs=1, verbose=0)
@@ -281,7 +299,7 @@ def test_bad_settings_and_data():
 
 def test_unseen_samples_are_kept():
     pruning = SamplePruning(0.9, seed=0)
-    pruning.start(50)
+    pruning.start(50, batch_size=8)
     assert (pruning.last_masked == UNSEEN).all()
     order, scale = pruning.draw(epoch=0, epochs=10, shuffle=True)
     assert sorted(order.tolist()) == list(range(50)) and (scale == 1).all()
