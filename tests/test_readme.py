@@ -85,6 +85,16 @@ def check_as_speed(names):
     assert len(masked) == len(windows) == 10
 
 
+def pruning():
+    return usage()
+
+
+def check_pruning(names):
+    history = names["history"].history
+    assert len(history["pruned_fraction"]) == len(history["forgetting_rate"]) == 4
+    assert names["model"].sample_pruning.rate == 0.5
+
+
 # A marker that only its block contains -> its name, its given names, a check.
 GIVEN = {
     "model.fit(x_train, y_train, epochs=10)  ": ("usage", usage, check_usage),
@@ -93,6 +103,7 @@ GIVEN = {
     "class LogitF1Score": ("f1", f1_metric, check_f1_metric),
     "DeltaWarmup(initial_delta=1.0": ("warmup", warmup, check_warmup),
     "AdaptiveSequential(": ("as_speed", as_speed, check_as_speed),
+    "prune_masked=0.5)": ("pruning", pruning, check_pruning),
     "import keras_hub": ("keras_hub", None, None),  # test_keras_hub_block
     "fuse_output_projection(lm)": ("fused_lm", None, None),  # test_fused_lm_block
 }
