@@ -93,14 +93,16 @@ class SamplePruning(keras.metrics.Metric):
         self.epoch_logs = {}
 
     def update_state(self, *args, **kwargs):
-        raise NotImplementedError("The training step records through `record`.")
+        raise NotImplementedError(
+            "The flags are recorded by `AdaptiveModel`'s training step (`record`)."
+        )
 
     def result(self):
-        return ops.convert_to_tensor(self.rate)
+        return {}  # Its logs are the epoch's, added by `fit` (`epoch_logs`).
 
     def reset_state(self):
-        # `reset_metrics` (every epoch, and `evaluate`) keeps the state: the
-        # epoch's recording restarts in `draw`.
+        # Training state, not a statistic: `reset_metrics` (every epoch, and
+        # `evaluate`) keeps it; an epoch's recording restarts in `draw`.
         pass
 
     def start(self, num_samples, batch_size):
