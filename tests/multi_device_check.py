@@ -2,9 +2,10 @@
 
 `test_multi_device.py` runs this with `KERAS_BACKEND` set: on JAX it uses
 `keras.distribution.DataParallel`, on TensorFlow `tf.distribute.MirroredStrategy`.
-Arguments: the step's mode (`graph`, `jit` or `eager`) and `skip_masked`
-(`off`, `on` or `buffer`); a setting that raises a `ValueError` under the
-distribution prints `{"error": message}`.
+Arguments: the step's mode (`graph`, `jit` or `eager`), `skip_masked`
+(`off`, `on` or `buffer`) and optionally `prune` (`prune_masked=0.5`, 4
+epochs); a setting that raises a `ValueError` under the distribution prints
+`{"error": message}`.
 The device count must be set before the backend starts, hence a process of
 its own. It prints one JSON line comparing the two runs.
 """
@@ -48,7 +49,7 @@ def scripted_data(num_batches=12):
     return x, y
 
 
-def train(distributed, mode, skip_masked):
+def train(distributed, mode, skip_masked, prune_masked=0.0):
     scope = contextlib.nullcontext()
     if BACKEND == "jax":
         keras.distribution.set_distribution(
@@ -65,6 +66,8 @@ def train(distributed, mode, skip_masked):
             keras.layers.Add()([inputs, correction]),
             max_accumulation_steps=3,
             skip_masked=skip_masked,
+            prune_masked=prune_masked,
+            prune_seed=0,
         )
         model.compile(
             optimizer=keras.optimizers.SGD(0.1),
@@ -82,9 +85,11 @@ def train(distributed, mode, skip_masked):
     record = keras.callbacks.LambdaCallback(on_train_batch_end=record_batch)
     x, y = scripted_data()
     history = model.fit(
-        x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[record]
+        x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[record],
+        epochs=4 if prune_masked else 1,
     )
     return {
+        "pruned": history.history.get("pruned_fraction"),
         "windows": windows,
         "sub_batches": sub_batches,
         "masked_ratio": float(history.history["masked_ratio"][-1]),
@@ -95,9 +100,10 @@ def train(distributed, mode, skip_masked):
 
 def main():
     mode, skip = sys.argv[1], {"off": False, "on": True, "buffer": "buffer"}[sys.argv[2]]
-    single = train(distributed=False, mode=mode, skip_masked=skip)
+    prune = 0.5 if sys.argv[3:] == ["prune"] else 0.0
+    single = train(distributed=False, mode=mode, skip_masked=skip, prune_masked=prune)
     try:
-        multi = train(distributed=True, mode=mode, skip_masked=skip)
+        multi = train(distributed=True, mode=mode, skip_masked=skip, prune_masked=prune)
     except ValueError as error:  # A setting that cannot run distributed.
         print(json.dumps({"error": str(error)}))
         return

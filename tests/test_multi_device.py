@@ -15,14 +15,14 @@ BACKEND = keras.backend.backend()
 # `jit_compile=True` fails for a plain Keras model too (XLA cannot reach a
 # variable on another device).
 MODES = {"jax": ["graph", "jit"], "tensorflow": ["graph"]}.get(BACKEND, [])
-SETTINGS = [(mode, skip) for mode in MODES for skip in ("off", "on", "buffer")]
+SETTINGS = [(mode, skip, "") for mode in MODES for skip in ("off", "on", "buffer")]
 if MODES:
-    SETTINGS.append(("eager", "on"))
+    SETTINGS += [("eager", "on", ""), (MODES[-1], "on", "prune")]
 
 
-def run_check(mode, skip):
+def run_check(mode, skip, prune):
     result = subprocess.run(
-        [sys.executable, "-m", "tests.multi_device_check", mode, skip],
+        [sys.executable, "-m", "tests.multi_device_check", mode, skip, *([prune] if prune else [])],
         capture_output=True,
         text=True,
         timeout=600,
@@ -37,13 +37,19 @@ def run_check(mode, skip):
     BACKEND == "torch",
     reason="Keras's torch trainer has no data-parallel distribution to test.",
 )
-@pytest.mark.parametrize("mode, skip", SETTINGS)
-def test_two_devices_match_one(mode, skip):
-    report = run_check(mode, skip)
+@pytest.mark.parametrize("mode, skip, prune", SETTINGS)
+def test_two_devices_match_one(mode, skip, prune):
+    report = run_check(mode, skip, prune)
+    if BACKEND == "tensorflow" and prune:
+        assert "record their samples' flags apart" in report["error"]
+        return
     if BACKEND == "tensorflow" and skip == "buffer":
         assert "fill a buffer of its own" in report["error"]
         assert "skip_masked=True" in report["error"]
         return
+    if prune:  # Pruning as on one device: the same draws from the same flags.
+        assert max(report["single"]["pruned"]) > 0.1
+        assert report["multi"]["pruned"] == report["single"]["pruned"]
     single, multi = report["single"], report["multi"]
     # Masked samples fill each batch from the front, so the first device sees
     # more than its share: only the global count gives the same windows. At
