@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the AS-Speed tests (tests/test_as_speed.py, tests/test_skipping.py,
-# tests/test_sample_buffer.py,
+# tests/test_sample_buffer.py, tests/test_pruning.py,
 # tests/test_existing_models.py) on
 # the JAX backend against the oldest Keras this package supports
 # (pyproject.toml: keras>=3.9), in a fresh virtual environment, so that the
@@ -24,5 +24,5 @@ echo "=== Oldest supported Keras: $(KERAS_BACKEND=jax "$venv/bin/python" -c \
   'import jax, keras; print("keras", keras.__version__, "jax", jax.__version__)')"
 KERAS_BACKEND=jax "$venv/bin/python" -m pytest -q -p no:cacheprovider \
   tests/test_as_speed.py tests/test_skipping.py tests/test_sample_buffer.py \
-  tests/test_existing_models.py
+  tests/test_pruning.py tests/test_existing_models.py
 echo "Oldest-Keras tests finished in $((SECONDS - start)) s"
