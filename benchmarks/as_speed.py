@@ -19,10 +19,12 @@ epoch's training time minus a steady epoch's), the time to the target (99.5 %
 of softmax CE's best validation accuracy in the same seed), how many seeds
 reach it and the time-to-target speedup over softmax CE, the best validation
 accuracy, optimizer updates, the backward fraction, and the pruning rows'
-pruned fraction and forgetting rate. The second gives, per
-seed, ms per batch of AS-Softmax and of AS-Speed + skipping in the epochs
-(after the first) where AS-Speed + skipping masks at least `--steady-masked`
-(75 %) of its training samples, and their ratio. Both tables are markdown,
+pruned fraction and forgetting rate. The next ones give, per
+seed, ms per batch of AS-Softmax and of AS-Speed + skipping (then of AS-Speed
++ pruning + skipping) in the epochs (after the first) where that method masks
+at least `--steady-masked` (75 %) of its training samples (with pruning, the
+left out ones count as masked: they were when last seen), and their ratio.
+`--methods` runs some of the methods only. The tables are markdown,
 followed by the command that reproduces them; the examples' plot is saved
 too (`--plot`, by default `<task name>.png` here).
 
@@ -45,25 +47,32 @@ COLUMNS = ("ms/batch", "speedup", "compile s", "s to target", "reached",
            "to-target speedup", "best", "updates", "backward", "pruned", "forgetting")
 
 
+def masked_fraction(row):
+    """The fraction of the training samples masked in an epoch: those the
+    loss masked, plus, with pruning, those left out (masked when last seen)."""
+    pruned = row.get("pruned_fraction", 0.0)
+    return pruned + (1.0 - pruned) * row["masked_ratio"]
+
+
 def masked_epochs(run, threshold):
-    """Indices of the epochs after the first whose training masked ratio is
-    at least `threshold`."""
+    """Indices of the epochs after the first whose training samples are at
+    least `threshold` masked (`masked_fraction`)."""
     return [
         i for i, row in enumerate(run["rows"])
-        if i > 0 and row["masked_ratio"] >= threshold
+        if i > 0 and masked_fraction(row) >= threshold
     ]
 
 
-def print_masked_table(results, threshold):
-    """Per seed: ms per batch of AS-Softmax and AS-Speed + skipping in the
-    epochs where AS-Speed + skipping masks at least `threshold`."""
+def print_masked_table(results, threshold, method):
+    """Per seed: ms per batch of AS-Softmax and of `method` (a skipping
+    method) in the epochs where `method` masks at least `threshold`."""
     print(
-        f"\nms per batch once AS-Speed + skipping masks >= {threshold:.0%} of its "
+        f"\nms per batch once {method} masks >= {threshold:.0%} of its "
         "training samples (epochs after the first; AS-Softmax back-propagates "
         "every sample, whatever it masks)"
     )
     rows, ratios = [], []
-    pairs = zip(results[tables.AS_SOFTMAX], results[tables.AS_SKIPPING])
+    pairs = zip(results[tables.AS_SOFTMAX], results[method])
     for seed, (plain, skipping) in enumerate(pairs):
         epochs = masked_epochs(skipping, threshold)
         if not epochs:
@@ -76,16 +85,16 @@ def print_masked_table(results, threshold):
         rows.append([
             seed,
             len(epochs),
-            f"{np.mean([row['masked_ratio'] for row in picked]):.1%}",
+            f"{np.mean([masked_fraction(row) for row in picked]):.1%}",
             f"{np.mean([row['backward_fraction'] for row in picked]):.2f}",
             f"{plain_ms:.2f}",
             f"{skipping_ms:.2f}",
             f"{ratios[-1]:.2f}",
         ])
     header = ["seed", "epochs", "masked", "backward", f"{tables.AS_SOFTMAX} ms/batch",
-              f"{tables.AS_SKIPPING} ms/batch", "ratio"]
+              f"{method} ms/batch", "ratio"]
     print("\n".join(tables.markdown_table(header, rows)))
-    print(f"ratio ({tables.AS_SOFTMAX} / {tables.AS_SKIPPING}), mean ± std over "
+    print(f"ratio ({tables.AS_SOFTMAX} / {method}), mean ± std over "
           f"the seeds that have such epochs: {tables.mean_spread(ratios, '.2f')}")
 
 
@@ -105,6 +114,7 @@ def command(args):
         f"--prune-masked {args.prune_masked}",
         *([f"--train-size {args.train_size}"] if args.train_size else []),
         *(["--baselines"] if args.baselines else []),
+        *([f"--methods '{args.methods}'"] if args.methods else []),
     ])
 
 
@@ -126,7 +136,9 @@ def main():
         f"{os.cpu_count()} CPUs; keras {keras.__version__}"
     )
     comparison.report(task, methods, results, args, COLUMNS)
-    print_masked_table(results, args.steady_masked)
+    for method in (tables.AS_SKIPPING, tables.AS_PRUNING_SKIPPING):
+        if tables.AS_SOFTMAX in results and method in results:
+            print_masked_table(results, args.steady_masked, method)
     print(f"\nreproduce: {command(args)}")
 
 

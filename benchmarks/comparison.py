@@ -409,6 +409,10 @@ def parser(description, epochs, batch_size, delta=0.1, seeds=3):
                         help="train on the first N training samples only (a "
                         "shorter benchmark on a CPU; each script's `load_data` "
                         "applies it)")
+    parser.add_argument("--methods",
+                        help="only these methods, by their table names, comma "
+                        "separated (the reference, softmax CE, always runs: it "
+                        "sets the target)")
     return parser
 
 
@@ -427,6 +431,15 @@ def prepare(task, args):
     """Prints what is compared; returns the methods."""
     methods = methods_for(task, args.delta, args.baselines, args.skipping_settings,
                           getattr(args, "prune_masked", 0.0))
+    if args.methods:
+        wanted = {name.strip() for name in args.methods.split(",")}
+        unknown = wanted - {m.name for m in methods}
+        if unknown:
+            raise SystemExit(
+                f"--methods: no method named {', '.join(sorted(unknown))}; this "
+                f"run's are: {', '.join(m.name for m in methods)}."
+            )
+        methods = [m for m in methods if m.reference or m.name in wanted]
     print(
         f"{task.title}: {len(task.train[1])} training / {len(task.validation[1])} "
         f"validation samples; backend {keras.backend.backend()} on "

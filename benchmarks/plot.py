@@ -1,4 +1,5 @@
-"""The comparison's plot: six panels, one PNG (matplotlib, no display)."""
+"""The comparison's plot: six panels (nine with pruning), one PNG
+(matplotlib, no display)."""
 
 import keras
 import numpy as np
@@ -23,7 +24,9 @@ def _band(axis, runs, key, label, color, x_key=None):
 def save_plot(task, methods, results, args, path):
     """Validation metric per epoch and against fit time, and training loss,
     for each method; masked ratio and mean accumulation window per epoch for
-    the AS-Speed methods; backward fraction for the skipping methods."""
+    the AS-Speed methods; backward fraction for the skipping methods; with
+    pruning methods, a third row: their pruned fraction and forgetting rate,
+    and every method's training seconds per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,11 +38,14 @@ def save_plot(task, methods, results, args, path):
     if len(results) > len(palette):  # The main job with `--baselines`.
         palette = [plt.get_cmap("tab20")(i) for i in range(20)]
     colors = dict(zip(results, palette))
-    figure, axes = plt.subplots(2, 3, figsize=(17, 8))
+    pruning = any(method.prune_masked for method in methods)
+    figure, axes = plt.subplots(3 if pruning else 2, 3, figsize=(17, 12 if pruning else 8))
     for name, runs in results.items():
         _band(axes[0, 0], runs, monitor, name, colors[name])
         _band(axes[0, 1], runs, monitor, name, colors[name], x_key="seconds")
         _band(axes[0, 2], runs, "loss", name, colors[name])
+        if pruning:
+            _band(axes[2, 2], runs, "train_seconds", name, colors[name])
     reference, target = target_per_seed(methods, results)
     axes[0, 1].axhline(np.mean(target), color="gray", linestyle="--",
                        label=f"target ({TARGET_FRACTION:.1%} of {reference})")
@@ -55,6 +61,9 @@ def save_plot(task, methods, results, args, path):
         _band(axes[1, 1], runs, "window", method.name, colors[method.name])
         if method.skip_masked:
             _band(axes[1, 2], runs, "backward_fraction", method.name, colors[method.name])
+        if method.prune_masked:
+            _band(axes[2, 0], runs, "pruned_fraction", method.name, colors[method.name])
+            _band(axes[2, 1], runs, "forgetting_rate", method.name, colors[method.name])
     panels = [
         (f"validation {monitor[4:]}", monitor[4:]),
         (f"validation {monitor[4:]} against fit time", monitor[4:]),
@@ -63,6 +72,10 @@ def save_plot(task, methods, results, args, path):
         ("AS-Speed: mean accumulation window", "batches per update"),
         ("skipping: fraction of each batch back-propagated",
          "backward fraction"),
+        ("pruning: fraction of the training samples left out", "pruned fraction"),
+        ("pruning: kept previously masked samples needing a gradient again",
+         "forgetting rate"),
+        ("training seconds per epoch (validation left out)", "seconds"),
     ]
     for axis, (title, ylabel) in zip(axes.flat, panels):
         axis.set_title(title)
