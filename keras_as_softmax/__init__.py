@@ -22,6 +22,7 @@ from keras_as_softmax.multilabel import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax.multilabel import multilabel_as_softmax_crossentropy
 from keras_as_softmax.multilabel import multilabel_as_softmax_mask
 from keras_as_softmax.pruning import PrunableDataset
+from keras_as_softmax.pruning import PruneMasked
 from keras_as_softmax.saving import load_model
 from keras_as_softmax.warmup import DeltaWarmup
 
@@ -34,6 +35,7 @@ __all__ = [
     "LinearSparseASSoftmaxCrossentropy",
     "MultiLabelASSoftmaxCrossentropy",
     "PrunableDataset",
+    "PruneMasked",
     "SparseASSoftmaxCrossentropy",
     "SparsemaxLoss",
     "TopKSoftmaxCrossentropy",

@@ -26,6 +26,7 @@ from keras_as_softmax.input_checks import sparse_inputs
 from keras_as_softmax.input_checks import validate_delta
 from keras_as_softmax.loss_wrapper import FunctionLoss
 from keras_as_softmax.loss_wrapper import and_masks
+from keras_as_softmax.skipping import needs_backward
 
 
 def sparse_as_softmax_crossentropy(
@@ -226,6 +227,8 @@ class ASLoss(FunctionLoss):
         super().__init__(fn, reduction=reduction, name=name, dtype=dtype, **kwargs)
         self.delta = validate_delta(delta, allow_tensor=False)
         self.delta_variable = None
+        # While `PruneMasked` trains the model: its `SamplePruning`.
+        self.sample_pruning = None
         self._records = None
 
     @property
@@ -255,14 +258,17 @@ class ASLoss(FunctionLoss):
         return self.losses_and_masked(y_true, y_pred)
 
     def _seen(self, masked, losses, mask, sample_weight):
+        pruning = self.sample_pruning
+        pruning_records = pruning is not None and pruning.recording
+        if self._records is None and not pruning_records:
+            return
+        counted = counted_positions(losses, mask, sample_weight)
         if self._records is not None:
             self._records.append(
-                (
-                    masked,
-                    counted_positions(losses, mask, sample_weight),
-                    self._divisor_shares(losses, mask, sample_weight),
-                )
+                (masked, counted, self._divisor_shares(losses, mask, sample_weight))
             )
+        if pruning_records:  # `PruneMasked`: the loss records the flags.
+            pruning.record(ops.logical_not(needs_backward(masked, counted)))
 
     @contextlib.contextmanager
     def recording(self):

@@ -32,6 +32,7 @@ from keras_as_softmax.backend import branch_value
 from keras_as_softmax.backend import sum_across_replicas
 from keras_as_softmax.pruning import PRUNE_UNTIL
 from keras_as_softmax.pruning import PrunableDataset
+from keras_as_softmax.pruning import PruningEpochs
 from keras_as_softmax.pruning import SamplePruning
 from keras_as_softmax.pruning import check_pruning
 from keras_as_softmax.sample_buffer import BufferedSteps
@@ -573,7 +574,9 @@ class AdaptiveModel(AdaptiveTrainer):
                 args, kwargs = bound.args, bound.kwargs
             return fit(*args, **kwargs)
         dataset = self._prunable_data(arguments)
-        arguments["callbacks"] = _with_first(callbacks, _PruneEpochs(dataset), self)
+        arguments["callbacks"] = _with_first(
+            callbacks, PruningEpochs(dataset, self.sample_pruning), self
+        )
         if bound is not None:
             args, kwargs = bound.args, bound.kwargs
         with self._distribution_scope():
@@ -744,29 +747,6 @@ class _ApplyOpenWindow(keras.callbacks.Callback):
                 logs["optimizer_updates"] = int(
                     self.model.gradient_accumulator.updates.numpy()
                 )
-
-
-class _PruneEpochs(keras.callbacks.Callback):
-    """Draws each epoch's samples before it (`SamplePruning.draw`) and takes
-    its flags after it, logging `pruned_fraction` and `forgetting_rate`.
-
-    It runs before the user's callbacks, so that `BackupAndRestore` saves the
-    flags of the epoch it saves.
-    """
-
-    def __init__(self, dataset):
-        super().__init__()
-        self.dataset = dataset
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.dataset.begin_epoch(
-            *self.model.sample_pruning.draw(epoch, self.params["epochs"], self.dataset.shuffle)
-        )
-
-    def on_epoch_end(self, epoch, logs=None):
-        epoch_logs = self.model.sample_pruning.end_epoch()
-        if logs is not None:
-            logs.update(epoch_logs)
 
 
 def _with_first(callbacks, callback, model):

@@ -20,14 +20,24 @@ training step: the step writes its batch's flags into a device array in the
 order the batches were served, and the host reads that array once per
 epoch (`SamplePruning.end_epoch`), so there is no extra pass over the data
 and no host round trip per batch.
+
+A model that trains with Keras's own step (a plain `keras.Model` compiled
+with an AS loss) prunes with the `PruneMasked` callback over a
+`PrunableDataset`: the AS loss then records the flags itself.
 """
 
 import math
+import warnings
 
 import keras
 import numpy as np
 from keras import ops
 from keras import tree
+
+from keras_as_softmax._keras_private import drop_step_functions
+from keras_as_softmax._keras_private import unlocked
+from keras_as_softmax._keras_private import untrack
+from keras_as_softmax.as_softmax import ASLoss
 
 # Fraction of `fit`'s epochs that prune (InfoBatch's default annealing).
 PRUNE_UNTIL = 0.875
@@ -94,7 +104,8 @@ class SamplePruning(keras.metrics.Metric):
 
     def update_state(self, *args, **kwargs):
         raise NotImplementedError(
-            "The flags are recorded by `AdaptiveModel`'s training step (`record`)."
+            "The flags are recorded by the training step (`record`): "
+            "`AdaptiveModel`'s, or the AS loss's under `PruneMasked`."
         )
 
     def result(self):
@@ -202,7 +213,8 @@ class PrunableDataset(keras.utils.PyDataset):
     an array of indices, e.g. a memory-mapped array). Each epoch it serves
     the samples `SamplePruning.draw` keeps, in batches, with their weight
     factors applied to the sample weights. Only an `AdaptiveModel` with
-    `prune_masked` draws them: elsewhere it serves every sample, in order.
+    `prune_masked`, or the `PruneMasked` callback, draws them: elsewhere it
+    serves every sample, in order.
     The last batch is padded to `batch_size` with rows of weight 0, so that
     an epoch's length changes but a compiled step's shapes do not (with the
     `"sum_over_batch_size"` reduction every sample's loss is divided by the
@@ -237,6 +249,9 @@ class PrunableDataset(keras.utils.PyDataset):
         # Until the first draw (Keras reads a batch to build the model): all.
         self.order = np.arange(self._num_samples)
         self._scale = np.ones(self._num_samples, "float32")
+        # The batch indices asked for since `begin_epoch`, in order (in this
+        # process: none with multiprocessing workers).
+        self.requested = []
 
     def __len__(self):
         return self._num_samples
@@ -248,8 +263,10 @@ class PrunableDataset(keras.utils.PyDataset):
     def begin_epoch(self, order, scale):
         """Serves `order`'s samples, weighted by `scale`, from now on."""
         self.order, self._scale = order, scale
+        self.requested = []
 
     def __getitem__(self, index):
+        self.requested.append(index)
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         padding = self.batch_size - len(rows)
         rows = np.concatenate([rows, np.resize(self.order, padding)])
@@ -263,3 +280,161 @@ class PrunableDataset(keras.utils.PyDataset):
                 weights, (-1,) + (1,) * (np.ndim(sample_weight) - 1)
             )
         return x, y, weights
+
+
+class PruningEpochs(keras.callbacks.Callback):
+    """Draws each epoch's samples before it (`SamplePruning.draw`) and takes
+    its flags after it, logging `pruned_fraction` and `forgetting_rate`.
+
+    `AdaptiveModel.fit` puts it before the user's callbacks, so that
+    `BackupAndRestore` saves the flags of the epoch it saves.
+
+    Args:
+        data: The `PrunableDataset` that `fit` trains on.
+        pruning: Its `SamplePruning`.
+    """
+
+    def __init__(self, data, pruning):
+        super().__init__()
+        self.data, self.pruning = data, pruning
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.data.begin_epoch(
+            *self.pruning.draw(epoch, self.params["epochs"], self.data.shuffle)
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        epoch_logs = self.pruning.end_epoch()
+        if logs is not None:
+            logs.update(epoch_logs)
+
+
+class PruneMasked(PruningEpochs):
+    """Prunes the samples masked when last seen, for a model that trains
+    with Keras's own step: a plain `keras.Model` compiled with an AS loss.
+
+    (`AdaptiveModel(prune_masked=r)` prunes by itself, and on arrays.) Give
+    `fit` a `PrunableDataset`, `shuffle=False` (the dataset shuffles its
+    samples itself, from the pruning's seed), and this callback over that
+    dataset. Each epoch leaves out a random fraction `rate` of the samples
+    whose every counted position was masked when last seen, and weights the
+    kept ones of those by `1 / (1 - rate)`; the model's AS loss records each
+    trained sample's flag in the training step. The epoch's logs get
+    `pruned_fraction` and `forgetting_rate`.
+
+    The per-sample state (`pruning`, a `SamplePruning`) belongs to the
+    callback, and to the model while `fit` runs: `BackupAndRestore` saves
+    and restores it with the weights, and a later `fit` with the same
+    callback goes on from it. A `.keras` file keeps it for an
+    `AdaptiveModel` only.
+
+    Args:
+        data: The `PrunableDataset` that `fit` trains on.
+        rate: The fraction of the samples masked when last seen that each
+            epoch leaves out, in `[0, 1)`.
+        until: The fraction of `fit`'s epochs that prune; the others train
+            on every sample with unit weights.
+        seed: The seed of the draws (None: from NumPy's global generator).
+
+    Example:
+
+    >>> from keras_as_softmax import SparseASSoftmaxCrossentropy
+    >>> model = keras.Sequential([keras.Input((2,)),
+    ...                           keras.layers.Dense(2, kernel_initializer="zeros")])
+    >>> model.compile(optimizer=keras.optimizers.SGD(1.0),
+    ...               loss=SparseASSoftmaxCrossentropy(delta=0.5))
+    >>> x = np.concatenate([np.full((32, 2), 2.0), np.full((32, 2), -2.0)])
+    >>> y = np.repeat([0, 1], 32)
+    >>> data = PrunableDataset(x, y, batch_size=16)
+    >>> history = model.fit(data, epochs=4, shuffle=False, verbose=0,
+    ...                     callbacks=[PruneMasked(data, rate=0.5, seed=0)])
+    >>> [round(f, 2) for f in history.history["pruned_fraction"]]
+    [0.0, 0.39, 0.66, 0.56]
+    """
+
+    def __init__(self, data, rate=0.5, until=PRUNE_UNTIL, seed=None):
+        if not isinstance(data, PrunableDataset):
+            raise TypeError(
+                "`PruneMasked` needs the `keras_as_softmax.PrunableDataset` "
+                "that `fit` trains on, to know which samples each batch "
+                f"holds; received {type(data).__name__}."
+            )
+        super().__init__(data, SamplePruning(rate, until, seed))
+        self._loss = None
+        self._warnings = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        # Before `fit` builds its step, and before `BackupAndRestore`
+        # restores the weights: the state is then the model's to save.
+        if getattr(model, "sample_pruning", None) is self.pruning:
+            return
+        if hasattr(model, "configure_pruning"):  # An `AdaptiveModel`.
+            raise ValueError(
+                "An `AdaptiveModel` prunes by itself: pass "
+                "`prune_masked=...` to it (or `configure_pruning`) instead "
+                "of the `PruneMasked` callback."
+            )
+        strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's.
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            raise ValueError(
+                "`PruneMasked` runs on one device under TensorFlow: the "
+                "replicas of a `tf.distribute` strategy would record their "
+                "samples' flags apart."
+            )
+        as_losses = [
+            loss for loss in tree.flatten(getattr(model, "loss", None))
+            if isinstance(loss, ASLoss)
+        ]
+        if len(as_losses) != 1:
+            raise ValueError(
+                "`PruneMasked` needs a model compiled with one AS-Softmax "
+                "loss (SparseASSoftmaxCrossentropy, ASSoftmaxCrossentropy or "
+                "MultiLabelASSoftmaxCrossentropy), whose masked samples it "
+                f"prunes; received loss={getattr(model, 'loss', None)!r}."
+            )
+        (self._loss,) = as_losses
+        with unlocked(model):
+            stale = getattr(model, "sample_pruning", None)
+            if stale is not None:  # Left by a `fit` that raised.
+                untrack(model, stale)
+            model.sample_pruning = self.pruning  # Tracked: saved, and JAX state.
+        self.pruning.start(len(self.data), self.data.batch_size)
+        self._loss.sample_pruning = self.pruning
+        drop_step_functions(model)  # The step records the flags.
+
+    def on_train_begin(self, logs=None):
+        self.pruning.recording = True
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        # A pruned epoch ends before the first (full) epoch's count of
+        # batches, which Keras takes for the length of every epoch.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+
+    def on_test_begin(self, logs=None):
+        self.pruning.recording = False  # Validation's steps record nothing.
+
+    def on_test_end(self, logs=None):
+        self.pruning.recording = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        requested = self.data.requested
+        if any(later <= earlier for earlier, later in zip(requested, requested[1:])):
+            raise ValueError(
+                "`fit` served the `PrunableDataset`'s batches out of order, so "
+                "the flags the loss recorded cannot be matched to samples: "
+                "pass `shuffle=False` to `fit` (the dataset shuffles its "
+                "samples itself)."
+            )
+        super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        model = self.model
+        self.pruning.recording = False
+        self._loss.sample_pruning = None
+        untrack(model, self.pruning)
+        delattr(model, "sample_pruning")
+        drop_step_functions(model)
+        if self._warnings is not None:
+            self._warnings.__exit__(None, None, None)
+            self._warnings = None

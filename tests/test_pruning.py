@@ -1,4 +1,5 @@
-"""Pruning samples masked when last seen: `AdaptiveModel(prune_masked=r)`.
+"""Pruning samples masked when last seen: `AdaptiveModel(prune_masked=r)`,
+and the `PruneMasked` callback for a plain `keras.Model`.
 
 The pruned-and-reweighted data must give the full data's gradient in
 expectation (a statistical test, against the float64 NumPy reference), a
@@ -316,3 +317,133 @@ def test_settings_are_saved():
     assert restored.sample_pruning.rate == 0.25 and restored.sample_pruning.seed == 5
     model.configure_pruning(0.0)
     assert model.sample_pruning is None and "prune_masked" not in model.as_speed_config()
+
+
+def plain_model(jit_compile):
+    """`pruned_model`'s network as a plain `keras.Sequential`."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((FEATURES,)), keras.layers.Dense(16, activation="relu"),
+         keras.layers.Dense(NUM_CLASSES)]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.5),
+        loss=SparseASSoftmaxCrossentropy(delta=0.3),
+        jit_compile=jit_compile,
+        run_eagerly=jit_compile is None,
+    )
+    return model
+
+
+@JIT
+def test_plain_model_prunes_with_the_callback(jit_compile, tmp_path):
+    """A plain model with `PruneMasked` records the reference's flags (the
+    loss records them; validation records nothing), prunes and trains as
+    `AdaptiveModel(prune_masked=...)` with window 1 does, and resumes under
+    `BackupAndRestore` as uninterrupted."""
+    from keras_as_softmax import PruneMasked
+
+    x, y = classification_data(80)
+    validation = classification_data(24, seed=1)
+
+    frozen = plain_model(jit_compile)
+    frozen.fit(x, y, batch_size=BATCH_SIZE, epochs=3, verbose=0)
+    frozen.optimizer.learning_rate.assign(0.0)
+    losses, _, _, _ = reference.sparse_as_softmax(y, frozen.predict(x, verbose=0), 0.3)
+    data = PrunableDataset(x, y, batch_size=BATCH_SIZE)
+    callback = PruneMasked(data, seed=3)
+    frozen.fit(data, epochs=1, shuffle=False, verbose=0, validation_data=validation,
+               callbacks=[callback])
+    expected = np.where(losses > 0, NEEDED, MASKED)
+    assert NEEDED in expected and MASKED in expected
+    np.testing.assert_array_equal(callback.pruning.last_masked, expected)
+    # After `fit` the model and its loss are as before.
+    assert not hasattr(frozen, "sample_pruning") and frozen.loss.sample_pruning is None
+    assert all(not isinstance(m, SamplePruning) for m in frozen.metrics)
+
+    def fit_plain(callbacks=()):
+        model = plain_model(jit_compile)
+        data = PrunableDataset(x, y, batch_size=BATCH_SIZE)
+        pruning = PruneMasked(data, rate=0.5, seed=3)
+        history = model.fit(data, epochs=6, shuffle=False, verbose=0,
+                            validation_data=validation,
+                            callbacks=[pruning, *callbacks]).history
+        return model, pruning, history
+
+    adaptive = pruned_model(jit_compile)
+    adaptive_history = adaptive.fit(x, y, batch_size=BATCH_SIZE, epochs=6, verbose=0,
+                                    validation_data=validation).history
+    plain, pruning, history = fit_plain()
+    assert max(history["pruned_fraction"]) > 0.1
+    assert history["pruned_fraction"] == adaptive_history["pruned_fraction"]
+    np.testing.assert_array_equal(pruning.pruning.last_masked,
+                                  adaptive.sample_pruning.last_masked)
+    for actual, expected in zip(plain.get_weights(), adaptive.get_weights()):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit_plain(callbacks=[backup, CrashAt(epoch=3, batch=1)])
+    resumed, resumed_pruning, resumed_history = fit_plain(callbacks=[backup])
+    assert resumed_history["pruned_fraction"] == history["pruned_fraction"][3:]
+    np.testing.assert_array_equal(resumed_pruning.pruning.last_masked,
+                                  pruning.pruning.last_masked)
+    for actual, expected in zip(resumed.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_plain_model_pruned_samples_get_no_forward_pass():
+    from keras_as_softmax import PruneMasked
+
+    x, y = classification_data(96)
+    ids = np.arange(len(x), dtype="float32")[:, None]
+    seen = []
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((FEATURES + 1,)), ForwardedSamples(seen),
+         keras.layers.Dense(NUM_CLASSES)]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(1.0),
+                  loss=SparseASSoftmaxCrossentropy(delta=0.3), run_eagerly=True)
+    data = PrunableDataset(np.concatenate([x, ids], axis=1), y, batch_size=BATCH_SIZE)
+    callback = PruneMasked(data, rate=0.6, until=0.75, seed=0)
+
+    class Record(EpochRecord):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs.append({"order": callback.pruning.order.copy(),
+                                "before": callback.pruning.last_masked.copy()})
+            self.seen.clear()
+
+    record = Record(seen)
+    model.fit(data, epochs=8, shuffle=False, verbose=0, callbacks=[callback, record])
+    pruned_any = False
+    for epoch, state in enumerate(record.epochs):
+        order = set(state["order"].tolist())
+        assert state["seen"] == order
+        pruned = set(range(len(x))) - order
+        assert all(state["before"][i] == MASKED for i in pruned)
+        if epoch >= 6:
+            assert not pruned
+        pruned_any |= bool(pruned)
+    assert pruned_any
+
+
+def test_plain_model_bad_input():
+    from keras_as_softmax import PruneMasked
+
+    x, y = classification_data(64)
+    data = PrunableDataset(x, y, batch_size=BATCH_SIZE)
+    with pytest.raises(TypeError, match="PrunableDataset"):
+        PruneMasked(x)
+    with pytest.raises(ValueError, match="prune_masked"):
+        PruneMasked(data, rate=1.0)
+    model = plain_model(jit_compile=False)
+    with pytest.raises(ValueError, match="shuffle=False"):
+        model.fit(data, epochs=1, verbose=0, callbacks=[PruneMasked(data, seed=0)])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="one AS-Softmax"):
+        model.fit(data, epochs=1, shuffle=False, verbose=0, callbacks=[PruneMasked(data)])
+    with pytest.raises(ValueError, match="prunes by itself"):
+        pruned_model(jit_compile=False).fit(
+            data, epochs=1, verbose=0, callbacks=[PruneMasked(data)]
+        )

@@ -95,6 +95,14 @@ def check_pruning(names):
     assert names["model"].sample_pruning.rate == 0.5
 
 
+def check_plain_pruning(names):
+    history = names["history"].history
+    assert len(history["pruned_fraction"]) == len(history["forgetting_rate"]) == 4
+    pruning = names["pruning"].pruning
+    assert pruning.rate == 0.5 and len(pruning.last_masked) == len(names["x_train"])
+    assert set(pruning.last_masked.tolist()) <= {0, 1}  # Every sample seen.
+
+
 # A marker that only its block contains -> its name, its given names, a check.
 GIVEN = {
     "model.fit(x_train, y_train, epochs=10)  ": ("usage", usage, check_usage),
@@ -104,6 +112,7 @@ GIVEN = {
     "DeltaWarmup(initial_delta=1.0": ("warmup", warmup, check_warmup),
     "AdaptiveSequential(": ("as_speed", as_speed, check_as_speed),
     "prune_masked=0.5)": ("pruning", pruning, check_pruning),
+    "PruneMasked(data, rate=0.5)": ("plain_pruning", pruning, check_plain_pruning),
     "import keras_hub": ("keras_hub", None, None),  # test_keras_hub_block
     "fuse_output_projection(lm)": ("fused_lm", None, None),  # test_fused_lm_block
 }
