@@ -5,10 +5,10 @@ scikit-learn's bundled digits; `fashion_mnist`; `wordnet`) with softmax
 cross-entropy, AS-Softmax, AS-Speed (`AdaptiveModel`: gradient accumulation),
 AS-Speed + skipping (`AdaptiveModel(skip_masked=True)`: only the samples
 the loss does not mask are back-propagated; the further skipping settings)
-and AS-Speed + pruning, alone and with skipping (`--prune-masked`, 0.5 by
-default: `AdaptiveModel(prune_masked=...)` leaves out that fraction of the
-samples masked when last seen), for several seeds, through the
-comparison (`benchmarks.comparison`): the same models, training, timing and
+and AS-Speed + pruning and AS-Softmax + pruning (window 1), alone and with
+skipping (`--prune-masked`, 0.5 by default: `AdaptiveModel(prune_masked=...)`
+leaves out that fraction of the samples masked when last seen), for several
+seeds, through the comparison (`benchmarks.comparison`): the same models, training, timing and
 target as the main job and the examples. Within a seed the methods train
 one after another, their order rotated by one per seed, so that they see
 the same machine load.
@@ -20,8 +20,8 @@ of softmax CE's best validation accuracy in the same seed), how many seeds
 reach it and the time-to-target speedup over softmax CE, the best validation
 accuracy, optimizer updates, the backward fraction, and the pruning rows'
 pruned fraction and forgetting rate. The next ones give, per
-seed, ms per batch of AS-Softmax and of AS-Speed + skipping (then of AS-Speed
-+ pruning + skipping) in the epochs (after the first) where that method masks
+seed, ms per batch of AS-Softmax and of AS-Speed + skipping (then of each
+pruning + skipping method) in the epochs (after the first) where that method masks
 at least `--steady-masked` (75 %) of its training samples (with pruning, the
 left out ones count as masked: they were when last seen), and their ratio.
 `--methods` runs some of the methods only. The tables are markdown,
@@ -136,7 +136,8 @@ def main():
         f"{os.cpu_count()} CPUs; keras {keras.__version__}"
     )
     comparison.report(task, methods, results, args, COLUMNS)
-    for method in (tables.AS_SKIPPING, tables.AS_PRUNING_SKIPPING):
+    for method in (tables.AS_SKIPPING, tables.AS_PRUNING_SKIPPING,
+                   tables.AS_SOFTMAX_PRUNING_SKIPPING):
         if tables.AS_SOFTMAX in results and method in results:
             print_masked_table(results, args.steady_masked, method)
     print(f"\nreproduce: {command(args)}")

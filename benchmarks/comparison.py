@@ -27,6 +27,8 @@ from benchmarks.tables import AS_AUTO_SKIPPING  # noqa: E402
 from benchmarks.tables import AS_BUFFER_SKIPPING  # noqa: E402
 from benchmarks.tables import AS_PRUNING  # noqa: E402
 from benchmarks.tables import AS_PRUNING_SKIPPING  # noqa: E402
+from benchmarks.tables import AS_SOFTMAX_PRUNING  # noqa: E402
+from benchmarks.tables import AS_SOFTMAX_PRUNING_SKIPPING  # noqa: E402
 from benchmarks.tables import BUFFER_WINDOW  # noqa: E402
 from benchmarks.tables import AS_SKIPPING  # noqa: E402
 from benchmarks.tables import AS_SOFTMAX_SKIPPING  # noqa: E402
@@ -157,8 +159,8 @@ def methods_for(task, delta, baselines=False, skipping_settings=False, prune_mas
     AS-Speed and AS-Speed + skipping; with `skipping_settings` also
     AS-Softmax + skipping (window 1), AS-Speed + auto skipping and AS-Speed
     + buffer skipping (`skip_masked="buffer"`, windows of at most
-    `BUFFER_WINDOW` batches); with `prune_masked` also AS-Speed + pruning,
-    alone and with skipping.
+    `BUFFER_WINDOW` batches); with `prune_masked` also AS-Speed + pruning
+    and AS-Softmax + pruning (window 1), alone and with skipping.
 
     The reference (for the target) is softmax cross-entropy: Keras's for a
     single-label or token task, the multi-label AS loss at delta 1 (which
@@ -208,6 +210,10 @@ def methods_for(task, delta, baselines=False, skipping_settings=False, prune_mas
             Method(AS_PRUNING, as_loss, adaptive=True, prune_masked=prune_masked),
             Method(AS_PRUNING_SKIPPING, as_loss, adaptive=True, skip_masked=True,
                    prune_masked=prune_masked),
+            Method(AS_SOFTMAX_PRUNING, as_loss, adaptive=True, prune_masked=prune_masked,
+                   max_accumulation_steps=1),
+            Method(AS_SOFTMAX_PRUNING_SKIPPING, as_loss, adaptive=True, skip_masked=True,
+                   prune_masked=prune_masked, max_accumulation_steps=1),
         ]
     return plain + [
         Method(AS_SOFTMAX, as_loss),

@@ -22,6 +22,10 @@ AS_BUFFER_SKIPPING = "AS-Speed + buffer skipping"
 # `benchmarks.as_speed`'s pruning rows (`--prune-masked`).
 AS_PRUNING = "AS-Speed + pruning"
 AS_PRUNING_SKIPPING = "AS-Speed + pruning + skipping"
+# Window 1: pruning's own effect against AS-Softmax (AS-Speed's windows halve
+# the updates).
+AS_SOFTMAX_PRUNING = "AS-Softmax + pruning"
+AS_SOFTMAX_PRUNING_SKIPPING = "AS-Softmax + pruning + skipping"
 # The buffer's window: at 75-90 % masked its stretches span 4-10 batches.
 BUFFER_WINDOW = 8
 # The target: this fraction of the reference method's best validation metric.

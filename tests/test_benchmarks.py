@@ -65,7 +65,8 @@ def test_as_speed_quick(tmp_path):
     methods = ["softmax CE", "AS-Softmax", "AS-Speed", "AS-Softmax + skipping",
                "AS-Speed + skipping", "AS-Speed + auto skipping",
                "AS-Speed + buffer skipping", "AS-Speed + pruning",
-               "AS-Speed + pruning + skipping"]
+               "AS-Speed + pruning + skipping", "AS-Softmax + pruning",
+               "AS-Softmax + pruning + skipping"]
     assert list(rows) == methods
     assert "target: 99.5% of softmax CE's best val_accuracy in the same seed" in output
     steps = 2 * 13  # Two epochs of 400 digits in batches of 32.
@@ -112,7 +113,8 @@ def test_as_speed_quick(tmp_path):
     assert rows["AS-Softmax"]["speedup"] == "1.00"
 
     # One masked table per skipping method, each against AS-Softmax.
-    for method in ("AS-Speed + skipping", "AS-Speed + pruning + skipping"):
+    for method in ("AS-Speed + skipping", "AS-Speed + pruning + skipping",
+                   "AS-Softmax + pruning + skipping"):
         part = output[output.index(f"ms per batch once {method} masks"):]
         masked = markdown_rows(part, "seed")
         assert list(masked) == ["0"]
