@@ -72,10 +72,11 @@ def task(args):
     """The task of `--dataset`, with `--quick`, `--train-size` and the
     budget's validation samples applied."""
     example = EXAMPLES[args.dataset]
-    train, validation = example.load_data(args.quick, args.train_size)
+    # (WordNet's data also gives its vocabulary, which its task takes.)
+    train, validation, *rest = example.load_data(args.quick, args.train_size)
     if not args.quick:
         validation = datasets.first(validation, BUDGETS[args.dataset][3])
-    return example.task(train, validation)
+    return example.task(train, validation, *rest)
 
 
 if __name__ == "__main__":

@@ -210,3 +210,14 @@ def test_large_vocabulary_quick():
     line = next(line for line in output.splitlines() if line.startswith("GPT2CausalLM"))
     assert "vocabulary 512" in line and "2 x 16 tokens, one step: loss" in line
     assert "--causal-lm --batch-size 2 --sequence-length 16" in output
+
+
+@pytest.mark.slow
+def test_as_speed_quick_on_wordnet(tmp_path):
+    # Every `--dataset` loads through `compare.task` (WordNet's data also
+    # gives its vocabulary); `--methods` keeps the reference.
+    output = run_quick("as_speed", "--dataset", "wordnet", "--train-size", "2000",
+                       "--methods", "AS-Softmax", "--plot", str(tmp_path / "plot.png"))
+    rows = markdown_rows(output, "method")
+    assert list(rows) == ["softmax CE", "AS-Softmax"]
+    assert "--methods 'AS-Softmax'" in output
