@@ -34,6 +34,7 @@ from keras_as_softmax.pruning import PRUNE_UNTIL
 from keras_as_softmax.pruning import PrunableDataset
 from keras_as_softmax.pruning import PruningEpochs
 from keras_as_softmax.pruning import SamplePruning
+from keras_as_softmax.pruning import check_one_device
 from keras_as_softmax.pruning import check_pruning
 from keras_as_softmax.sample_buffer import BufferedSteps
 from keras_as_softmax.sample_buffer import SampleBuffer
@@ -596,13 +597,7 @@ class AdaptiveModel(AdaptiveTrainer):
     def _prunable_data(self, arguments):
         """`fit`'s training data as a `PrunableDataset`, in `arguments`
         (which then no longer shuffle or split it)."""
-        strategy = getattr(self, "distribute_strategy", None)  # TensorFlow's.
-        if strategy is not None and strategy.num_replicas_in_sync > 1:
-            raise ValueError(
-                "`prune_masked` runs on one device under TensorFlow: the "
-                "replicas of a `tf.distribute` strategy would record their "
-                "samples' flags apart. Use `prune_masked=0` with a strategy."
-            )
+        check_one_device(self, "`prune_masked`")
         if arguments.get("steps_per_epoch") is not None:
             raise ValueError(
                 "`prune_masked` makes each epoch as long as the samples it "

@@ -59,6 +59,18 @@ def check_pruning(rate, until):
         )
 
 
+def check_one_device(model, what):
+    """Raises under a `tf.distribute` strategy of several replicas: they
+    would record their samples' flags apart."""
+    strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's.
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        raise ValueError(
+            f"{what} runs on one device under TensorFlow: the replicas of a "
+            "`tf.distribute` strategy would record their samples' flags "
+            "apart. Prune without a strategy, or on JAX's `keras.distribution`."
+        )
+
+
 class SamplePruning(keras.metrics.Metric):
     """The per-sample state of `prune_masked`, a metric of the model.
 
@@ -375,13 +387,7 @@ class PruneMasked(PruningEpochs):
                 "`prune_masked=...` to it (or `configure_pruning`) instead "
                 "of the `PruneMasked` callback."
             )
-        strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's.
-        if strategy is not None and strategy.num_replicas_in_sync > 1:
-            raise ValueError(
-                "`PruneMasked` runs on one device under TensorFlow: the "
-                "replicas of a `tf.distribute` strategy would record their "
-                "samples' flags apart."
-            )
+        check_one_device(model, "`PruneMasked`")
         as_losses = [
             loss for loss in tree.flatten(getattr(model, "loss", None))
             if isinstance(loss, ASLoss)

@@ -37,14 +37,22 @@ def classification_data(num_samples, seed=0):
 def pruned_model(jit_compile, rate=0.5, until=0.875, skip_masked=False, seed=3):
     keras.utils.set_random_seed(0)
     model = AdaptiveSequential(
-        [keras.Input((FEATURES,)), keras.layers.Dense(16, activation="relu"),
-         keras.layers.Dense(NUM_CLASSES)],
+        network(),
         max_accumulation_steps=1,
         skip_masked=skip_masked,
         prune_masked=rate,
         prune_until=until,
         prune_seed=seed,
     )
+    return compiled(model, jit_compile)
+
+
+def network():
+    return [keras.Input((FEATURES,)), keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(NUM_CLASSES)]
+
+
+def compiled(model, jit_compile):
     model.compile(
         optimizer=keras.optimizers.SGD(0.5),
         loss=SparseASSoftmaxCrossentropy(delta=0.3),
@@ -322,17 +330,7 @@ def test_settings_are_saved():
 def plain_model(jit_compile):
     """`pruned_model`'s network as a plain `keras.Sequential`."""
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [keras.Input((FEATURES,)), keras.layers.Dense(16, activation="relu"),
-         keras.layers.Dense(NUM_CLASSES)]
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.5),
-        loss=SparseASSoftmaxCrossentropy(delta=0.3),
-        jit_compile=jit_compile,
-        run_eagerly=jit_compile is None,
-    )
-    return model
+    return compiled(keras.Sequential(network()), jit_compile)
 
 
 @JIT
