@@ -44,17 +44,19 @@ PRUNE_UNTIL = 0.875
 UNSEEN, NEEDED, MASKED = -1, 0, 1
 
 
-def check_pruning(rate, until):
-    """Raises unless `0 <= rate < 1` and `0 < until <= 1`."""
+def check_pruning(rate, until, names=("prune_masked", "prune_until")):
+    """Raises unless `0 <= rate < 1` and `0 < until <= 1`, naming them as
+    the caller's arguments `names`."""
+    rate_name, until_name = names
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise ValueError(
-            "`prune_masked` is the fraction of the samples masked when last "
+            f"`{rate_name}` is the fraction of the samples masked when last "
             "seen that an epoch leaves out: a number in [0, 1) (0 turns "
             f"pruning off); received {rate!r}."
         )
     if isinstance(until, bool) or not isinstance(until, (int, float)) or not 0 < until <= 1:
         raise ValueError(
-            "`prune_until` is the fraction of `fit`'s epochs that prune (the "
+            f"`{until_name}` is the fraction of `fit`'s epochs that prune (the "
             f"others train on every sample): a number in (0, 1]; received {until!r}."
         )
 
@@ -371,6 +373,7 @@ class PruneMasked(PruningEpochs):
                 "that `fit` trains on, to know which samples each batch "
                 f"holds; received {type(data).__name__}."
             )
+        check_pruning(rate, until, names=("rate", "until"))
         super().__init__(data, SamplePruning(rate, until, seed))
         self._loss = None
         self._warnings = None

@@ -433,8 +433,10 @@ def test_plain_model_bad_input():
     data = PrunableDataset(x, y, batch_size=BATCH_SIZE)
     with pytest.raises(TypeError, match="PrunableDataset"):
         PruneMasked(x)
-    with pytest.raises(ValueError, match="prune_masked"):
+    with pytest.raises(ValueError, match="`rate` is the fraction"):
         PruneMasked(data, rate=1.0)
+    with pytest.raises(ValueError, match="`until` is the fraction"):
+        PruneMasked(data, until=0.0)
     model = plain_model(jit_compile=False)
     with pytest.raises(ValueError, match="shuffle=False"):
         model.fit(data, epochs=1, verbose=0, callbacks=[PruneMasked(data, seed=0)])
