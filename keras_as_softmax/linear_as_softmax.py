@@ -25,6 +25,9 @@ from keras_as_softmax.as_softmax import _sparse_losses_and_masked
 from keras_as_softmax.as_softmax import flag_class_ids
 from keras_as_softmax.as_softmax import kept_exps
 from keras_as_softmax.as_softmax import _single_label_core
+from keras_as_softmax.backend import add_chunk_gradients
+from keras_as_softmax.backend import chunk_as_softmax
+from keras_as_softmax.backend import chunk_logits
 from keras_as_softmax.backend import sequential_while_loop
 from keras_as_softmax.input_checks import class_id_flags
 from keras_as_softmax.input_checks import validate_delta
@@ -344,10 +347,12 @@ def _check_targets(y_true, hidden):
 
 def _logits(rows, kernel, bias, transposed_kernel):
     """The float32 logits of some rows of hidden states."""
-    equation = "rh,vh->rv" if transposed_kernel else "rh,hv->rv"
-    logits = ops.einsum(equation, rows, kernel)
-    if bias is not None:
-        logits = logits + ops.cast(bias, logits.dtype)
+    logits = None if chunk_logits is None else chunk_logits(rows, kernel, bias, transposed_kernel)
+    if logits is None:
+        equation = "rh,vh->rv" if transposed_kernel else "rh,hv->rv"
+        logits = ops.einsum(equation, rows, kernel)
+        if bias is not None:
+            logits = logits + ops.cast(bias, logits.dtype)
     return ops.cast(logits, _statistics_dtype(logits))
 
 
@@ -408,8 +413,8 @@ def _chunked_losses(
         start = index * chunk_size
         rows, target_index = projection.chunk(projection.hidden, projection.targets, start)
         logits = projection.logits(rows)
-        chunk_losses, chunk_masked, _, kept, kept_sum, chunk_statistics = (
-            _single_label_core(target_index, logits, projection.delta, from_logits=True)
+        chunk_losses, chunk_masked, kept, kept_sum, chunk_statistics = (
+            projection.kept_classes(target_index, logits)
         )
         losses = ops.slice_update(losses, (start,), chunk_losses)
         masked = ops.slice_update(masked, (start,), chunk_masked)
@@ -526,6 +531,32 @@ class _Projection:
     def logits(self, rows):
         return _logits(rows, self.kernel, self.bias, self.transposed_kernel)
 
+    def kept_classes(self, target_index, logits):
+        """`(losses, masked, kept, kept_sum, statistics)` of a chunk's logits,
+        as `_single_label_core` gives them (a kernel of its own on eager
+        PyTorch)."""
+        if chunk_as_softmax is not None:
+            fused = chunk_as_softmax(target_index, logits, self.delta)
+            if fused is not None:
+                return fused
+        losses, masked, _, kept, kept_sum, statistics = _single_label_core(
+            target_index, logits, self.delta, from_logits=True
+        )
+        return losses, masked, kept, kept_sum, statistics
+
+    def kept_again(self, target_index, logits, statistics):
+        """`(kept, kept_sum)` of rows whose logits are computed again: the
+        classes kept found from the forward pass's `statistics` (on eager
+        PyTorch, by its kernel from `delta` again), their sum taken again,
+        so that each row's gradient sums to zero over the classes."""
+        fused = None
+        if chunk_as_softmax is not None:
+            fused = chunk_as_softmax(target_index, logits, self.delta)
+        if fused is not None:
+            return fused[2:4]
+        _, kept = kept_exps(logits, ops.exp(logits - statistics[0]), statistics)
+        return kept, ops.sum(kept, axis=-1, keepdims=True)
+
     def zero_gradients(self):
         """Zeros for the gradients of the padded hidden rows, the kernel and
         the bias, float32 (float64 for float64 inputs)."""
@@ -540,7 +571,15 @@ class _Projection:
     ):
         """`gradients` plus those of `sum(weights * losses)` over the chunk
         of `rows` from `start`, whose kept classes are `kept` (summing to
-        `kept_sum`, as `_single_label_core` gives them)."""
+        `kept_sum`, as `_single_label_core` gives them; on eager PyTorch
+        in place, `kept` overwritten)."""
+        if add_chunk_gradients is not None:
+            fused = add_chunk_gradients(
+                gradients, start, rows, target_index, kept, kept_sum, weights,
+                self.kernel, self.transposed_kernel,
+            )
+            if fused is not None:
+                return fused
         grad_hidden, grad_kernel, grad_bias = gradients
         weights = ops.expand_dims(weights, -1)
         grad_logits = kept * (weights / kept_sum)
@@ -580,12 +619,9 @@ class _Projection:
             chunk_statistics = ops.split(
                 ops.slice(sorted_statistics, (start, 0), (chunk_size, 3)), 3, -1
             )
-            logits = self.logits(rows)
-            _, kept = kept_exps(
-                logits, ops.exp(logits - chunk_statistics[0]), chunk_statistics
+            kept, kept_sum = self.kept_again(
+                target_index, self.logits(rows), chunk_statistics
             )
-            # Summed again: the gradient then sums to zero over the classes.
-            kept_sum = ops.sum(kept, axis=-1, keepdims=True)
             weights = ops.slice(sorted_weights, (start,), (chunk_size,))
             return index + 1, self.add_gradients(
                 gradients, start, rows, target_index, kept, kept_sum, weights

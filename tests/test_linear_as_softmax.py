@@ -275,6 +275,55 @@ def test_loss_class_computes_dense_chunks_at_once(monkeypatch):
     assert calls == [CHUNK] * (5 + -(-gathered // CHUNK))
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's kernels")
+@pytest.mark.parametrize("transposed", [False, True], ids=["hv", "vh"])
+def test_torch_chunk_kernels_equal_the_keras_ops_form(monkeypatch, transposed):
+    """Eager PyTorch computes the chunks with kernels of its own, for speed
+    only: the same values and gradients as the `keras.ops` form, for both
+    routes; and the kernel's row statistics give the core's kept classes."""
+    from keras_as_softmax.as_softmax import _single_label_core
+    from keras_as_softmax.backend import torch as torch_backend
+
+    hidden, kernel, bias, targets, weights, ignore_class = _loss_route_inputs()
+    stored_kernel = kernel.T.copy() if transposed else kernel
+
+    def both_routes(hidden, kernel, bias):
+        losses = linear_sparse_as_softmax_crossentropy(
+            targets, hidden, kernel, 0.1, bias=bias, ignore_class=ignore_class,
+            transposed_kernel=transposed, chunk_size=CHUNK,
+        )
+        loss_fn = LinearSparseASSoftmaxCrossentropy(
+            kernel, bias=bias, delta=0.1, ignore_class=ignore_class,
+            transposed_kernel=transposed, chunk_size=CHUNK,
+        )
+        return ops.sum(ops.multiply(losses, weights)) + loss_fn(targets, hidden, weights)
+
+    with_kernels = value_and_grads(both_routes, (hidden, stored_kernel, bias))
+    for name in ("add_chunk_gradients", "chunk_as_softmax", "chunk_logits"):
+        monkeypatch.setattr(linear_as_softmax, name, None)
+    without = value_and_grads(both_routes, (hidden, stored_kernel, bias))
+    np.testing.assert_allclose(with_kernels[0], without[0], rtol=1e-6)
+    for grad, expected in zip(with_kernels[1], without[1]):
+        np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+    logits = ops.convert_to_tensor(hidden @ kernel + bias)
+    target_index = ops.convert_to_tensor(targets[:, None], "int32")
+    for delta in (0.0, 0.1, 0.5, 1.0):
+        losses, masked, kept, kept_sum, statistics = torch_backend.chunk_as_softmax(
+            target_index, logits, delta
+        )
+        core = _single_label_core(target_index, logits, delta, from_logits=True)
+        np.testing.assert_array_equal(to_numpy(masked), to_numpy(core[1]))
+        np.testing.assert_allclose(to_numpy(losses), to_numpy(core[0]), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            to_numpy(kept / kept_sum), to_numpy(core[3] / core[4]), rtol=1e-5, atol=1e-7
+        )
+        keep, _ = linear_as_softmax.kept_exps(
+            logits, ops.exp(logits - statistics[0]), statistics
+        )
+        np.testing.assert_array_equal(to_numpy(keep), to_numpy(core[2]))
+
+
 def test_loss_class_leaves_out_keras_masked_positions():
     hidden, kernel, bias, targets, weights = _inputs(seed=4)
     mask = np.arange(NUM_ROWS) % 3 != 0

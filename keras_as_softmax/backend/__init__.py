@@ -6,21 +6,30 @@ import keras
 
 _BACKEND = keras.backend.backend()
 if _BACKEND == "tensorflow":
+    from keras_as_softmax.backend.tensorflow import add_chunk_gradients
     from keras_as_softmax.backend.tensorflow import branch_value
+    from keras_as_softmax.backend.tensorflow import chunk_as_softmax
+    from keras_as_softmax.backend.tensorflow import chunk_logits
     from keras_as_softmax.backend.tensorflow import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.tensorflow import host_function
     from keras_as_softmax.backend.tensorflow import known_values
     from keras_as_softmax.backend.tensorflow import sequential_while_loop
     from keras_as_softmax.backend.tensorflow import sum_across_replicas
 elif _BACKEND == "jax":
+    from keras_as_softmax.backend.jax import add_chunk_gradients
     from keras_as_softmax.backend.jax import branch_value
+    from keras_as_softmax.backend.jax import chunk_as_softmax
+    from keras_as_softmax.backend.jax import chunk_logits
     from keras_as_softmax.backend.jax import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.jax import host_function
     from keras_as_softmax.backend.jax import known_values
     from keras_as_softmax.backend.jax import sequential_while_loop
     from keras_as_softmax.backend.jax import sum_across_replicas
 elif _BACKEND == "torch":
+    from keras_as_softmax.backend.torch import add_chunk_gradients
     from keras_as_softmax.backend.torch import branch_value
+    from keras_as_softmax.backend.torch import chunk_as_softmax
+    from keras_as_softmax.backend.torch import chunk_logits
     from keras_as_softmax.backend.torch import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.torch import host_function
     from keras_as_softmax.backend.torch import known_values
@@ -33,7 +42,10 @@ else:
     )
 
 __all__ = [
+    "add_chunk_gradients",
     "branch_value",
+    "chunk_as_softmax",
+    "chunk_logits",
     "fused_sparse_as_softmax_loss",
     "host_function",
     "known_values",

@@ -28,6 +28,9 @@ def branch_value(x):
 # XLA fuses the `keras.ops` form of the sparse loss well: no kernel of our own.
 fused_sparse_as_softmax_loss = None
 
+# Nor of the fused projection's chunks (`keras_as_softmax.linear_as_softmax`).
+add_chunk_gradients = chunk_as_softmax = chunk_logits = None
+
 
 def sum_across_replicas(x):
     """`x` summed over the replicas of a `tf.distribute` strategy."""

@@ -107,16 +107,33 @@ def _dropped(probs, threshold, logits, target_logit):
     return (probs < threshold) & (logits < target_logit)
 
 
-def _losses_and_masked(ctx, kept_sum, target_prob, target_log_prob):
+def _losses_and_masked(kept_sum, target_prob, target_log_prob, ctx=None):
     """A forward pass's outputs: per-position losses `log(kept sum) -
     log(p_t)`, 0 where masked (only the target kept: the sum is exactly
-    `p_t`), and the masked positions (no gradient); then the masked flags
-    with their last axis, for the backward pass."""
+    `p_t`), and the masked positions (marked as without a gradient in the
+    autograd context `ctx`); then the masked flags with their last axis,
+    for the backward pass."""
     masked = kept_sum == target_prob
     losses = (kept_sum.log() - target_log_prob).masked_fill_(masked, 0.0)
     masked_positions = masked.squeeze(-1)
-    ctx.mark_non_differentiable(masked_positions)
+    if ctx is not None:
+        ctx.mark_non_differentiable(masked_positions)
     return losses.squeeze(-1), masked_positions, masked
+
+
+def _kept_probs(target_index, logits, delta):
+    """`(kept, target_prob, threshold, kept_sum)`: `softmax(logits)` with the
+    classes that the loss drops set to 0 in its own buffer, the target's
+    probability, `p_t - delta`, and the kept probabilities' sum."""
+    probs = torch.softmax(logits, dim=-1)
+    target_prob = probs.gather(-1, target_index)
+    threshold = target_prob - delta
+    if _softmax_keeps_order(logits):
+        _drop_in_place(probs, threshold)
+    else:
+        target_logit = logits.gather(-1, target_index)
+        probs.masked_fill_(_dropped(probs, threshold, logits, target_logit), 0.0)
+    return probs, target_prob, threshold, probs.sum(-1, keepdim=True)
 
 
 class _SparseASSoftmaxLoss(torch.autograd.Function):
@@ -132,18 +149,10 @@ class _SparseASSoftmaxLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, target_index, logits, delta):
-        probs = torch.softmax(logits, dim=-1)
-        target_prob = probs.gather(-1, target_index)
-        threshold = target_prob - delta
-        if _softmax_keeps_order(logits):
-            _drop_in_place(probs, threshold)
-        else:
-            target_logit = logits.gather(-1, target_index)
-            probs.masked_fill_(_dropped(probs, threshold, logits, target_logit), 0.0)
-        kept_sum = probs.sum(-1, keepdim=True)
+        probs, target_prob, _, kept_sum = _kept_probs(target_index, logits, delta)
         target_log_prob = _target_log_prob(target_index, logits, target_prob)
         losses, masked_positions, masked = _losses_and_masked(
-            ctx, kept_sum, target_prob, target_log_prob
+            kept_sum, target_prob, target_log_prob, ctx
         )
         ctx.save_for_backward(target_index, probs, kept_sum, masked)
         return losses, masked_positions
@@ -185,7 +194,7 @@ class _CompiledSparseASSoftmaxLoss(torch.autograd.Function):
         kept_sum = torch.where(dropped, 0.0, probs).sum(-1, keepdim=True)
         target_log_prob = target_logit - row_max - log_sum
         losses, masked_positions, masked = _losses_and_masked(
-            ctx, kept_sum, target_prob, target_log_prob
+            kept_sum, target_prob, target_log_prob, ctx
         )
         ctx.save_for_backward(
             target_index, logits, neg_row_max, inv_sum, threshold, target_logit,
@@ -246,3 +255,82 @@ def host_function(function):
 
 # Eager PyTorch runs a loop's iterations one at a time.
 sequential_while_loop = keras.ops.while_loop
+
+
+# The chunk computations of the AS loss fused with the output projection
+# (`keras_as_softmax.linear_as_softmax`), as its `keras.ops` form computes
+# them, in place for speed only: eager PyTorch allocates a buffer of the
+# chunk's logits for each operation of that form. Under `torch.compile`
+# (Inductor fuses the `keras.ops` form), and for inputs they do not cover,
+# they return None and the caller takes the `keras.ops` form.
+
+
+def chunk_logits(rows, kernel, bias, transposed_kernel):
+    """`rows @ kernel + bias` as one product (`kernel` `(V, H)` if
+    `transposed_kernel`), for float32 or float64 inputs; else None.
+
+    Example:
+
+    >>> chunk_logits(torch.ones(1, 2), torch.ones(2, 3), torch.arange(3.0), False)
+    tensor([[2., 3., 4.]])
+    """
+    if torch.compiler.is_compiling() or rows.dtype not in (torch.float32, torch.float64):
+        return None
+    weights = kernel.T if transposed_kernel else kernel
+    if bias is None:
+        return rows @ weights
+    return torch.addmm(bias.to(rows.dtype), rows, weights)
+
+
+def chunk_as_softmax(target_index, logits, delta):
+    """`(losses, masked, kept, kept_sum, statistics)` of a chunk's logits (a
+    matrix) for `target_index` `(rows, 1)`, as
+    `keras_as_softmax.as_softmax._single_label_core` gives them from logits,
+    with `kept` the kept probabilities and `statistics` `(log-sum-exp, target
+    logit, p_t - delta)`: `exp(logits - log-sum-exp)` are the probabilities,
+    in the threshold's units. None under `torch.compile`.
+
+    Example:
+
+    >>> losses, masked, kept, kept_sum, _ = chunk_as_softmax(
+    ...     torch.tensor([[1], [2]]),
+    ...     torch.tensor([[1.2, 1.5, 1.0, -0.35], [2.5, 3.5, 0.4, 0.3]]), 0.1)
+    >>> [round(loss, 4) for loss in losses.tolist()], masked.tolist()
+    ([0.0, 3.4741], [True, False])
+    """
+    if torch.compiler.is_compiling():
+        return None
+    kept, target_prob, threshold, kept_sum = _kept_probs(target_index, logits, delta)
+    target_log_prob = _target_log_prob(target_index, logits, target_prob)
+    losses, masked, _ = _losses_and_masked(kept_sum, target_prob, target_log_prob)
+    target_logit = logits.gather(-1, target_index)
+    statistics = (target_logit - target_log_prob, target_logit, threshold)
+    return losses, masked, kept, kept_sum, statistics
+
+
+def add_chunk_gradients(
+    gradients, start, rows, target_index, kept, kept_sum, weights, kernel,
+    transposed_kernel,
+):
+    """`gradients` `(hidden rows, kernel, bias)` plus, added in place, those
+    of `sum(weights * losses)` over the chunk of `rows` from row `start`,
+    whose kept classes are `kept` (overwritten: it becomes the gradient of
+    the logits) summing to `kept_sum`. None under `torch.compile` or where
+    the rows' dtype is not the gradients'.
+    """
+    grad_hidden, grad_kernel, grad_bias = gradients
+    if torch.compiler.is_compiling() or rows.dtype != grad_kernel.dtype:
+        return None
+    weights = weights.unsqueeze(-1)
+    grad_logits = kept.mul_(weights / kept_sum)
+    grad_logits.scatter_add_(-1, target_index.long(), -weights)
+    if transposed_kernel:
+        chunk_hidden = grad_logits @ kernel
+        grad_kernel.addmm_(grad_logits.T, rows)
+    else:
+        chunk_hidden = grad_logits @ kernel.T
+        grad_kernel.addmm_(rows.T, grad_logits)
+    start = int(start)
+    grad_hidden[start : start + rows.shape[0]] = chunk_hidden
+    grad_bias.add_(grad_logits.sum(0))
+    return gradients
