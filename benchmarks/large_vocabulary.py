@@ -45,6 +45,7 @@ memory (`VmHWM`) after the step and before it.
     python -m benchmarks.large_vocabulary --backend jax
         [--vocabularies 32768 131072] [--tokens 8192] [--hidden 768]
         [--repeats 2] [--chunk-size N] [--jit-compile] [--quick]
+        [--cases 1.0/0.0 0.1/0.75]
     python -m benchmarks.large_vocabulary --backend jax --causal-lm
         [--batch-size 8] [--sequence-length 1024]
 """
@@ -75,6 +76,18 @@ LOSSES = ("unfused", "fused", "fused Loss")
 GIB = 2.0**30
 
 
+def _case(text):
+    """`"0.1/0.75"` -> `(0.1, 0.75)`, one of `CASES`."""
+    try:
+        case = tuple(float(part) for part in text.split("/"))
+    except ValueError:
+        case = None
+    if case not in CASES:
+        choices = " ".join(f"{delta}/{fraction}" for delta, fraction in CASES)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a case; choose from {choices}")
+    return case
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=startup.BACKENDS)
@@ -84,6 +97,9 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--jit-compile", action="store_true")
+    parser.add_argument("--cases", nargs="+", type=_case, default=list(CASES),
+                        metavar="DELTA/MASKED",
+                        help="the cases to run, e.g. 1.0/0.0 0.1/0.75 (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one repeat")
     parser.add_argument("--causal-lm", action="store_true")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -187,7 +203,7 @@ def worker(args, loss, vocabulary):
     chunk_size = args.chunk_size or default_chunk_size(vocabulary)
     result = {"times": {}, "masked": {}, "xla_temp_gib": None}
     case_inputs = {}
-    for delta, fraction in CASES:
+    for delta, fraction in args.cases:
         if fraction not in case_inputs:
             case_inputs[fraction] = tuple(
                 ops.convert_to_tensor(x)
@@ -195,7 +211,7 @@ def worker(args, loss, vocabulary):
             )
     compiled = {}
     result["peak_gib"] = 0.0
-    for delta, fraction in CASES:
+    for delta, fraction in args.cases:
         targets, hidden, kernel = case_inputs[fraction]
         # The peak is measured from before each function's first call, so
         # that what that call allocates and its allocator keeps counts,
@@ -232,7 +248,8 @@ def worker(args, loss, vocabulary):
 def run_worker(args, loss, vocabulary):
     command = [sys.executable, "-m", "benchmarks.large_vocabulary",
                "--backend", keras.backend.backend(), "--worker", loss, str(vocabulary),
-               "--tokens", str(args.tokens), "--hidden", str(args.hidden)]
+               "--tokens", str(args.tokens), "--hidden", str(args.hidden),
+               "--cases", *(f"{delta}/{fraction}" for delta, fraction in args.cases)]
     if args.chunk_size:
         command += ["--chunk-size", str(args.chunk_size)]
     if args.jit_compile:
@@ -296,7 +313,7 @@ def main(argv=None):
                 runs[loss].append(run_worker(args, loss, vocabulary))
                 print(f"  V={vocabulary} repeat {repeat + 1} {loss}: "
                       f"{sum(runs[loss][-1]['times'].values()):.1f} s", flush=True)
-        time_rows += _time_rows(vocabulary, runs)
+        time_rows += _time_rows(vocabulary, runs, args.cases)
         gradients_gib = 4 * args.hidden * (args.tokens + vocabulary) / GIB
         memory_rows.append(_memory_row(vocabulary, runs, gradients_gib))
     print()
@@ -316,12 +333,14 @@ def main(argv=None):
           f"{backend} --vocabularies {' '.join(map(str, args.vocabularies))} "
           f"--tokens {args.tokens} --hidden {args.hidden} --repeats {args.repeats}"
           + (f" --chunk-size {args.chunk_size}" if args.chunk_size else "")
+          + ("" if args.cases == list(CASES) else " --cases " + " ".join(
+              f"{delta}/{fraction}" for delta, fraction in args.cases))
           + (" --jit-compile" if args.jit_compile else ""))
 
 
-def _time_rows(vocabulary, runs):
+def _time_rows(vocabulary, runs, cases):
     rows = []
-    for delta, fraction in CASES:
+    for delta, fraction in cases:
         key = f"{delta}/{fraction}"
         times = {loss: [run["times"][key] for run in runs[loss]] for loss in LOSSES}
         fastest = {loss: min(times[loss]) for loss in LOSSES}
