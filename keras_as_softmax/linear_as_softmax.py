@@ -10,7 +10,8 @@ and, from those numbers, the classes the forward pass kept.
 A row that AS-Softmax masks (or that is ignored) has exactly zero gradient,
 so the backward pass leaves it out: it gathers the rows that need a gradient
 and runs only as many chunks as they fill. Written in `keras.ops`, the same
-on every backend, compiled or eager.
+on every backend, compiled or eager; eager PyTorch computes each chunk with
+kernels of its own (`keras_as_softmax.backend.torch`), for speed only.
 """
 
 import keras
@@ -549,11 +550,10 @@ class _Projection:
         classes kept found from the forward pass's `statistics` (on eager
         PyTorch, by its kernel from `delta` again), their sum taken again,
         so that each row's gradient sums to zero over the classes."""
-        fused = None
         if chunk_as_softmax is not None:
             fused = chunk_as_softmax(target_index, logits, self.delta)
-        if fused is not None:
-            return fused[2:4]
+            if fused is not None:
+                return fused[2:4]
         _, kept = kept_exps(logits, ops.exp(logits - statistics[0]), statistics)
         return kept, ops.sum(kept, axis=-1, keepdims=True)
 
