@@ -205,6 +205,20 @@ def test_large_vocabulary_quick():
         f"reproduce: python -m benchmarks.large_vocabulary --backend "
         f"{keras.backend.backend()} --vocabularies 512 --tokens 256" in output
     )
+    # --cases runs a subset, and says so in the command it prints.
+    output = run_quick("large_vocabulary", "--cases", "1.0/0.0", "0.1/0.75")
+    rows = [line.strip("|").split("|") for line in output.splitlines()
+            if line.startswith("| 512 ")]
+    assert [(row[1].strip(), float(row[2])) for row in rows[:-1]] == [
+        ("1.0", 0.0), ("0.1", pytest.approx(0.75, abs=0.05))
+    ]
+    assert "--repeats 1 --cases 1.0/0.0 0.1/0.75" in output
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.large_vocabulary", "--quick", "--cases", "0.2/0.1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={**os.environ, "KERAS_BACKEND": keras.backend.backend()},
+    )
+    assert result.returncode != 0 and "'0.2/0.1' is not a case; choose from" in result.stderr
     pytest.importorskip("keras_hub", reason="--causal-lm needs the [examples] extra")
     output = run_quick("large_vocabulary", "--causal-lm")
     line = next(line for line in output.splitlines() if line.startswith("GPT2CausalLM"))
