@@ -10,8 +10,9 @@ and, from those numbers, the classes the forward pass kept.
 A row that AS-Softmax masks (or that is ignored) has exactly zero gradient,
 so the backward pass leaves it out: it gathers the rows that need a gradient
 and runs only as many chunks as they fill. Written in `keras.ops`, the same
-on every backend, compiled or eager; eager PyTorch computes each chunk with
-kernels of its own (`keras_as_softmax.backend.torch`), for speed only.
+on every backend, compiled or eager; PyTorch computes each chunk with
+kernels of its own (`keras_as_softmax.backend.torch`), for speed only, and
+runs the chunk loop eagerly under `torch.compile` too.
 """
 
 import keras
@@ -29,6 +30,7 @@ from keras_as_softmax.as_softmax import _single_label_core
 from keras_as_softmax.backend import add_chunk_gradients
 from keras_as_softmax.backend import chunk_as_softmax
 from keras_as_softmax.backend import chunk_logits
+from keras_as_softmax.backend import eager_under_torch_compile
 from keras_as_softmax.backend import sequential_while_loop
 from keras_as_softmax.input_checks import class_id_flags
 from keras_as_softmax.input_checks import validate_delta
@@ -370,6 +372,7 @@ def _pad_rows(x, num_rows, value=0):
     return ops.concatenate([x, filler], axis=0)
 
 
+@eager_under_torch_compile
 def _chunked_losses(
     hidden,
     kernel,

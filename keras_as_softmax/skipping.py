@@ -71,7 +71,7 @@ def needs_backward(masked, counted):
     return needs
 
 
-@backend.host_function
+@backend.eager_under_torch_compile
 def selects(num_needed, num_samples, costs=None):
     """Whether a step runs the selection pass, from the last training batch's
     counts (Python numbers): when at most `SELECTION_THRESHOLD` of its
@@ -272,7 +272,7 @@ class SkippingCosts:
         self._started = None
         self._key = None
 
-    @backend.host_function
+    @backend.eager_under_torch_compile
     def begin_step(self):
         """Called when a step starts: times the step before it."""
         now = self._clock()
@@ -285,7 +285,7 @@ class SkippingCosts:
         self._started, self._key = now, None
         self._step += 1
 
-    @backend.host_function
+    @backend.eager_under_torch_compile
     def ran(self, key):
         """Says which pass this step ran: 0 the whole batch without a
         selection pass, else `1 + ladder_index` of the selection's sub-batch

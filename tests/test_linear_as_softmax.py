@@ -278,10 +278,13 @@ def test_loss_class_computes_dense_chunks_at_once(monkeypatch):
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's kernels")
 @pytest.mark.parametrize("transposed", [False, True], ids=["hv", "vh"])
 def test_torch_chunk_kernels_equal_the_keras_ops_form(monkeypatch, transposed):
-    """Eager PyTorch computes the chunks with kernels of its own, for speed
-    only: the same values and gradients as the `keras.ops` form, for both
-    routes; and the kernel's row statistics give the core's kept classes."""
+    """PyTorch computes the chunks with kernels of its own, for speed only,
+    eagerly and under `torch.compile`: the same values and gradients as the
+    `keras.ops` form, for both routes; and the kernel's row statistics give
+    the core's kept classes."""
     from keras_as_softmax.as_softmax import _single_label_core
+    import torch
+
     from keras_as_softmax.backend import torch as torch_backend
 
     hidden, kernel, bias, targets, weights, ignore_class = _loss_route_inputs()
@@ -299,12 +302,25 @@ def test_torch_chunk_kernels_equal_the_keras_ops_form(monkeypatch, transposed):
         return ops.sum(ops.multiply(losses, weights)) + loss_fn(targets, hidden, weights)
 
     with_kernels = value_and_grads(both_routes, (hidden, stored_kernel, bias))
+    # Under `torch.compile` the chunk loop runs eagerly, with the kernels.
+    calls = []
+
+    def counted_chunk_as_softmax(*args):
+        calls.append(torch.compiler.is_compiling())
+        return torch_backend.chunk_as_softmax(*args)
+
+    monkeypatch.setattr(linear_as_softmax, "chunk_as_softmax", counted_chunk_as_softmax)
+    compiled = value_and_grads(both_routes, (hidden, stored_kernel, bias), jit=True)
+    assert calls and not any(calls)
     for name in ("add_chunk_gradients", "chunk_as_softmax", "chunk_logits"):
         monkeypatch.setattr(linear_as_softmax, name, None)
     without = value_and_grads(both_routes, (hidden, stored_kernel, bias))
-    np.testing.assert_allclose(with_kernels[0], without[0], rtol=1e-6)
-    for grad, expected in zip(with_kernels[1], without[1]):
-        np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    for routes in (with_kernels, compiled):
+        np.testing.assert_allclose(routes[0], without[0], rtol=1e-6)
+        for grad, expected in zip(routes[1], without[1]):
+            np.testing.assert_allclose(
+                grad, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max()
+            )
 
     logits = ops.convert_to_tensor(hidden @ kernel + bias)
     target_index = ops.convert_to_tensor(targets[:, None], "int32")

@@ -10,8 +10,8 @@ if _BACKEND == "tensorflow":
     from keras_as_softmax.backend.tensorflow import branch_value
     from keras_as_softmax.backend.tensorflow import chunk_as_softmax
     from keras_as_softmax.backend.tensorflow import chunk_logits
+    from keras_as_softmax.backend.tensorflow import eager_under_torch_compile
     from keras_as_softmax.backend.tensorflow import fused_sparse_as_softmax_loss
-    from keras_as_softmax.backend.tensorflow import host_function
     from keras_as_softmax.backend.tensorflow import known_values
     from keras_as_softmax.backend.tensorflow import sequential_while_loop
     from keras_as_softmax.backend.tensorflow import sum_across_replicas
@@ -20,8 +20,8 @@ elif _BACKEND == "jax":
     from keras_as_softmax.backend.jax import branch_value
     from keras_as_softmax.backend.jax import chunk_as_softmax
     from keras_as_softmax.backend.jax import chunk_logits
+    from keras_as_softmax.backend.jax import eager_under_torch_compile
     from keras_as_softmax.backend.jax import fused_sparse_as_softmax_loss
-    from keras_as_softmax.backend.jax import host_function
     from keras_as_softmax.backend.jax import known_values
     from keras_as_softmax.backend.jax import sequential_while_loop
     from keras_as_softmax.backend.jax import sum_across_replicas
@@ -30,8 +30,8 @@ elif _BACKEND == "torch":
     from keras_as_softmax.backend.torch import branch_value
     from keras_as_softmax.backend.torch import chunk_as_softmax
     from keras_as_softmax.backend.torch import chunk_logits
+    from keras_as_softmax.backend.torch import eager_under_torch_compile
     from keras_as_softmax.backend.torch import fused_sparse_as_softmax_loss
-    from keras_as_softmax.backend.torch import host_function
     from keras_as_softmax.backend.torch import known_values
     from keras_as_softmax.backend.torch import sequential_while_loop
     from keras_as_softmax.backend.torch import sum_across_replicas
@@ -46,8 +46,8 @@ __all__ = [
     "branch_value",
     "chunk_as_softmax",
     "chunk_logits",
+    "eager_under_torch_compile",
     "fused_sparse_as_softmax_loss",
-    "host_function",
     "known_values",
     "sequential_while_loop",
     "sum_across_replicas",

@@ -38,9 +38,9 @@ def sum_across_replicas(x):
     return x
 
 
-def host_function(function):
-    """`function` as it is: JAX's host code runs outside its traces (only
-    PyTorch compiles Python that a step calls)."""
+def eager_under_torch_compile(function):
+    """`function` as it is: only PyTorch compiles the Python that a step
+    calls."""
     return function
 
 

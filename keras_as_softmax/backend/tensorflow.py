@@ -40,9 +40,9 @@ def sum_across_replicas(x):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
 
 
-def host_function(function):
-    """`function` as it is: TensorFlow's host code runs outside its graphs
-    (only PyTorch compiles Python that a step calls)."""
+def eager_under_torch_compile(function):
+    """`function` as it is: only PyTorch compiles the Python that a step
+    calls."""
     return function
 
 

@@ -241,13 +241,15 @@ def branch_value(x):
     return x.item() if isinstance(x, torch.Tensor) else x
 
 
-def host_function(function):
-    """`function`, run by Python even inside a `torch.compile`d step (the
-    host's bookkeeping: Dynamo would trace its NumPy calls).
+def eager_under_torch_compile(function):
+    """`function`, run eagerly even inside `torch.compile`d code: the host's
+    bookkeeping (Dynamo would trace its NumPy calls), and the fused
+    projection loss's chunk loop (Dynamo would unroll it, where the eager
+    chunk kernels below are faster than Inductor's code for it).
 
     Example:
 
-    >>> host_function(lambda: 1)()
+    >>> eager_under_torch_compile(lambda: 1)()
     1
     """
     return torch.compiler.disable(function)
@@ -260,9 +262,10 @@ sequential_while_loop = keras.ops.while_loop
 # The chunk computations of the AS loss fused with the output projection
 # (`keras_as_softmax.linear_as_softmax`), as its `keras.ops` form computes
 # them, in place for speed only: eager PyTorch allocates a buffer of the
-# chunk's logits for each operation of that form. Under `torch.compile`
-# (Inductor fuses the `keras.ops` form), and for inputs they do not cover,
-# they return None and the caller takes the `keras.ops` form.
+# chunk's logits for each operation of that form. The chunk loop runs them
+# eagerly under `torch.compile` too (`eager_under_torch_compile`); for
+# inputs they do not cover they return None and the caller takes the
+# `keras.ops` form.
 
 
 def chunk_logits(rows, kernel, bias, transposed_kernel):
@@ -274,7 +277,7 @@ def chunk_logits(rows, kernel, bias, transposed_kernel):
     >>> chunk_logits(torch.ones(1, 2), torch.ones(2, 3), torch.arange(3.0), False)
     tensor([[2., 3., 4.]])
     """
-    if torch.compiler.is_compiling() or rows.dtype not in (torch.float32, torch.float64):
+    if rows.dtype not in (torch.float32, torch.float64):
         return None
     weights = kernel.T if transposed_kernel else kernel
     if bias is None:
@@ -288,7 +291,7 @@ def chunk_as_softmax(target_index, logits, delta):
     `keras_as_softmax.as_softmax._single_label_core` gives them from logits,
     with `kept` the kept probabilities and `statistics` `(log-sum-exp, target
     logit, p_t - delta)`: `exp(logits - log-sum-exp)` are the probabilities,
-    in the threshold's units. None under `torch.compile`.
+    in the threshold's units.
 
     Example:
 
@@ -298,8 +301,6 @@ def chunk_as_softmax(target_index, logits, delta):
     >>> [round(loss, 4) for loss in losses.tolist()], masked.tolist()
     ([0.0, 3.4741], [True, False])
     """
-    if torch.compiler.is_compiling():
-        return None
     kept, target_prob, threshold, kept_sum = _kept_probs(target_index, logits, delta)
     target_log_prob = _target_log_prob(target_index, logits, target_prob)
     losses, masked, _ = _losses_and_masked(kept_sum, target_prob, target_log_prob)
@@ -315,11 +316,11 @@ def add_chunk_gradients(
     """`gradients` `(hidden rows, kernel, bias)` plus, added in place, those
     of `sum(weights * losses)` over the chunk of `rows` from row `start`,
     whose kept classes are `kept` (overwritten: it becomes the gradient of
-    the logits) summing to `kept_sum`. None under `torch.compile` or where
-    the rows' dtype is not the gradients'.
+    the logits) summing to `kept_sum`. None where the rows' dtype is not
+    the gradients'.
     """
     grad_hidden, grad_kernel, grad_bias = gradients
-    if torch.compiler.is_compiling() or rows.dtype != grad_kernel.dtype:
+    if rows.dtype != grad_kernel.dtype:
         return None
     weights = weights.unsqueeze(-1)
     grad_logits = kept.mul_(weights / kept_sum)
