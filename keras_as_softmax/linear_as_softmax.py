@@ -31,6 +31,7 @@ from keras_as_softmax.backend import add_chunk_gradients
 from keras_as_softmax.backend import chunk_as_softmax
 from keras_as_softmax.backend import chunk_logits
 from keras_as_softmax.backend import eager_under_torch_compile
+from keras_as_softmax.backend import scale_held_gradients
 from keras_as_softmax.backend import sequential_while_loop
 from keras_as_softmax.input_checks import class_id_flags
 from keras_as_softmax.input_checks import validate_delta
@@ -475,13 +476,17 @@ def _chunked_losses(
             needs_and_gradients[1], statistics, needs_and_gradients[0], coefficients
         )
 
+        held = list(grads)
+
         @ops.custom_gradient
         def with_total_gradient(*inputs):
             def gradient(*args, upstream=None):
                 if upstream is None:
                     (upstream,) = args
                 upstream = ops.cast(upstream, float_dtype)
-                return returned(tuple(grad * upstream for grad in grads))
+                if scale_held_gradients is not None:
+                    return returned(scale_held_gradients(held, upstream))
+                return returned(tuple(grad * upstream for grad in held))
 
             return ops.sum(coefficients * losses), gradient
 

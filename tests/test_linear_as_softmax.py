@@ -235,7 +235,8 @@ def test_loss_class_gradients_match_reference(reduction, jit):
             kernel, bias=bias, delta=0.1, ignore_class=ignore_class, chunk_size=CHUNK,
             reduction=reduction,
         )
-        return loss_fn(targets, hidden, weights)
+        # An upstream gradient of 2.5 scales the gradients of the forward pass.
+        return 2.5 * loss_fn(targets, hidden, weights)
 
     value, grads = value_and_grads(fused, (hidden, kernel, bias), jit)
     counted = weights * (targets != ignore_class)
@@ -245,11 +246,30 @@ def test_loss_class_gradients_match_reference(reduction, jit):
         "mean_with_sample_weight": counted.sum(),
     }[reduction]
     expected_value, expected_grads, _, _ = _reference(
-        targets, hidden, kernel, bias, counted / divisor, 0.1
+        targets, hidden, kernel, bias, 2.5 * counted / divisor, 0.1
     )
     np.testing.assert_allclose(value, expected_value, rtol=1e-5)
     for grad, expected in zip(grads, expected_grads):
         np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's autograd graph")
+def test_loss_class_gradient_once_per_call_on_torch():
+    """On PyTorch the `Loss` scales its forward pass's gradients in place:
+    a second backward pass through the same graph raises, naming the fix,
+    instead of scaling them twice."""
+    import torch
+
+    hidden, kernel, bias, targets, weights, _ = _loss_route_inputs()
+    hidden = torch.tensor(hidden, requires_grad=True)
+    loss_fn = LinearSparseASSoftmaxCrossentropy(kernel, delta=0.1, chunk_size=CHUNK)
+    loss = loss_fn(targets, hidden, weights)
+    (first,) = torch.autograd.grad(loss, hidden, retain_graph=True)
+    assert float(first.abs().sum()) > 0
+    with pytest.raises(RuntimeError, match="call the loss again"):
+        torch.autograd.grad(loss, hidden)
+    (again,) = torch.autograd.grad(loss_fn(targets, hidden, weights), hidden)
+    np.testing.assert_array_equal(to_numpy(again), to_numpy(first))
 
 
 def test_loss_class_computes_dense_chunks_at_once(monkeypatch):

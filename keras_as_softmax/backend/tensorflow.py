@@ -29,7 +29,7 @@ def branch_value(x):
 fused_sparse_as_softmax_loss = None
 
 # Nor of the fused projection's chunks (`keras_as_softmax.linear_as_softmax`).
-add_chunk_gradients = chunk_as_softmax = chunk_logits = None
+add_chunk_gradients = chunk_as_softmax = chunk_logits = scale_held_gradients = None
 
 
 def sum_across_replicas(x):

@@ -335,3 +335,29 @@ def add_chunk_gradients(
     grad_hidden[start : start + rows.shape[0]] = chunk_hidden
     grad_bias.add_(grad_logits.sum(0))
     return gradients
+
+
+def scale_held_gradients(held, factor):
+    """The gradients in the list `held` times `factor` (the fused projection
+    loss's, computed in its forward pass, times the upstream gradient), in
+    place: a copy of the kernel's gradient would be the largest temporary
+    of the backward pass. It empties `held`, so that a second backward pass
+    through the same graph (`retain_graph=True`) raises instead of scaling
+    them twice.
+
+    Example:
+
+    >>> held = [torch.ones(())]
+    >>> [float(x) for x in scale_held_gradients(held, 2.0)], held
+    ([2.0], [])
+    """
+    if not held:
+        raise RuntimeError(
+            "The gradient of a `LinearSparseASSoftmaxCrossentropy` loss can "
+            "be taken once per call on PyTorch (it scales the gradients that "
+            "its forward pass computed, in place): call the loss again for "
+            "another backward pass."
+        )
+    gradients = tuple(gradient.mul_(factor) for gradient in held)
+    held.clear()
+    return gradients
