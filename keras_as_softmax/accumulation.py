@@ -196,7 +196,7 @@ class GradientAccumulator(keras.metrics.Metric):
         return window, ops.greater_equal(micro_step + 1, window)
 
     def accumulate_or_update(
-        self, grads, totals, micro_step, window, is_update, apply, state=(), cond=run_cond
+        self, grads, totals, micro_step, window, is_update, apply, cond=run_cond
     ):
         """One batch of a window, the same for every trainer.
 
@@ -207,16 +207,14 @@ class GradientAccumulator(keras.metrics.Metric):
             grads: This batch's gradients.
             totals: The accumulators' values.
             micro_step, window, is_update: As from `next_window`.
-            apply: `apply(mean_gradients, state) -> state`, the trainer's
-                optimizer update.
-            state: What `apply` updates: the trainable and optimizer
-                variables' values on a stateless trainer (JAX), else nothing.
+            apply: `apply(mean_gradients)`, the trainer's optimizer update.
             cond: `cond(is_update, update_fn, accumulate_fn, operands)`, how
-                the trainer branches (by default `skipping.run_cond`).
+                the trainer branches (by default `skipping.run_cond`); each
+                branch returns the new totals.
 
         Returns:
-            The new `(state, totals, micro_step, updates_added)`. After an
-            update the totals are left stale: the next batch starts afresh.
+            The new `(totals, micro_step, updates_added)`. After an update
+            the totals are left stale: the next batch starts afresh.
         """
 
         def sums(grads, totals, micro_step):
@@ -226,28 +224,27 @@ class GradientAccumulator(keras.metrics.Metric):
                 for grad, total in zip(grads, totals)
             ]
 
-        def update(state, grads, totals, micro_step, window):
-            mean = [
-                total / ops.cast(window, total.dtype)
-                for total in sums(grads, totals, micro_step)
-            ]
-            return apply(mean, state), totals
+        def update(grads, totals, micro_step, window):
+            apply(
+                [
+                    total / ops.cast(window, total.dtype)
+                    for total in sums(grads, totals, micro_step)
+                ]
+            )
+            return totals
 
-        def accumulate(state, grads, totals, micro_step, window):
-            return state, sums(grads, totals, micro_step)
+        def accumulate(grads, totals, micro_step, window):
+            return sums(grads, totals, micro_step)
 
-        state, totals = cond(
-            is_update, update, accumulate, (state, grads, totals, micro_step, window)
-        )
+        totals = cond(is_update, update, accumulate, (grads, totals, micro_step, window))
         return (
-            state,
             totals,
             ops.where(is_update, 0, micro_step + 1),
             ops.cast(is_update, "int32"),
         )
 
     def advance(self):
-        """`next_window` on this state's variables, for stateful steps.
+        """`next_window` on this state's variables.
 
         Stores the window and returns `(micro_step, window, is_update)`.
         """

@@ -471,18 +471,18 @@ class AdaptiveModel(AdaptiveTrainer):
             return run_pass(TrainingPass(batch_size))
         return run_pass(TrainingPass(batch_size, sub_batch, num_needed or None))
 
-    def _accumulate_or_update(self, grads, cond=run_cond):
-        """`GradientAccumulator.accumulate_or_update` for the stateful
-        trainers (TensorFlow, PyTorch): on the variables."""
+    def _accumulate_or_update(self, grads, cond=run_cond, apply=None):
+        """`GradientAccumulator.accumulate_or_update` on the variables (on
+        JAX, within a `keras.StatelessScope`); `apply(mean_gradients)` by
+        default `optimizer.apply`."""
         accumulator = self.gradient_accumulator
-        variables = self.trainable_variables
+        if apply is None:
+
+            def apply(mean):
+                self.optimizer.apply(mean, self.trainable_variables)
+
         micro_step, window, is_update = accumulator.advance()
-
-        def apply(mean, state):
-            self.optimizer.apply(mean, variables)
-            return state
-
-        _, totals, micro_step, updates_added = accumulator.accumulate_or_update(
+        totals, micro_step, updates_added = accumulator.accumulate_or_update(
             grads,
             [total.value for total in accumulator.gradients],
             micro_step,

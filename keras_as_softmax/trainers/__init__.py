@@ -5,8 +5,8 @@ Each module's `AdaptiveTrainer` is a base of `AdaptiveModel`. It provides
 host, and for `skip_masked="buffer"`), `_distribution_scope()`,
 `_apply_gradients(compute_gradients)` and `_with_state(function)` (runs a
 `sample_buffer.BufferedSteps` call on the model's variables). It calls
-`AdaptiveModel`'s `_train_pass`, `_sub_batch`, `_record_backward` and, on the
-stateful trainers (TensorFlow, PyTorch), `_accumulate_or_update`; for the
+`AdaptiveModel`'s `_train_pass`, `_sub_batch`, `_record_backward` and
+`_accumulate_or_update` (JAX within a `keras.StatelessScope`); for the
 buffer, `_buffered_steps_for`, then `_buffer_write`, `_rest_of`,
 `_write_rest` and `_summed_loss` (JAX) or `_observe`, `_select_rest`,
 `_buffer_loss` and `_count_update` (stateful).

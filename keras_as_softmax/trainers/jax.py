@@ -13,6 +13,7 @@ from keras_as_softmax._keras_private import update_metrics_variables
 from keras_as_softmax.sample_buffer import training_rows
 from keras_as_softmax.skipping import PassChooser
 from keras_as_softmax.skipping import SubBatch
+from keras_as_softmax.skipping import run_cond
 
 
 class AdaptiveTrainer:
@@ -100,28 +101,15 @@ class AdaptiveTrainer:
             self, metrics_state, loss, x, y, y_pred, sample_weight
         )
         rows, needs, shares = self._buffer_write(data, rows, fill)
-        batch_size = needs.shape[0]
-        metrics_state = self._stateless(
-            metrics_state,
-            lambda: self._record_backward_rows(jax.numpy.sum(needs), batch_size),
+
+        def record_and_log():
+            self._record_backward_rows(jax.numpy.sum(needs), needs.shape[0])
+            return self.gradient_accumulator.logs(True)
+
+        as_speed_logs, (metrics_state,) = self._stateless(
+            (self.metrics_variables,), (metrics_state,), record_and_log
         )
-        values = dict(zip(map(id, self.metrics_variables), metrics_state))
-        accumulator = self.gradient_accumulator
-        logs = {
-            **logs,
-            **accumulator.logs(
-                True,
-                *(
-                    values[id(v)]
-                    for v in (
-                        accumulator.window,
-                        accumulator.updates,
-                        accumulator.sub_batch_size,
-                    )
-                ),
-            ),
-        }
-        return logs, metrics_state, rows, needs, shares
+        return {**logs, **as_speed_logs}, metrics_state, rows, needs, shares
 
     def _buffer_train(self, state, rows, count, divisor):
         """The buffer's training pass and update: `(state, updates)`."""
@@ -154,13 +142,10 @@ class AdaptiveTrainer:
         trainable, optimizer_state = self.optimizer.stateless_apply(
             optimizer_state, grads, trainable
         )
-        metrics_state = list(metrics_state)
-        index = [id(v) for v in self.metrics_variables].index(
-            id(self.gradient_accumulator.updates)
+        updates, (metrics_state,) = self._stateless(
+            (self.metrics_variables,), (metrics_state,), self._count_update
         )
-        metrics_state[index] = metrics_state[index] + 1
-        state = (trainable, non_trainable, optimizer_state, metrics_state)
-        return state, metrics_state[index]
+        return (trainable, non_trainable, optimizer_state, metrics_state), updates
 
     def _with_state(self, function):
         """Runs `function(state) -> (state, changed)` on the model's
@@ -181,9 +166,11 @@ class AdaptiveTrainer:
     def _last_counts(self, metrics_state):
         """The last training batch's `(needed, samples)`, from the metrics'
         values."""
-        values = dict(zip(map(id, self.metrics_variables), metrics_state))
-        accumulator = self.gradient_accumulator
-        return values[id(accumulator.batch_needed)], values[id(accumulator.batch_samples)]
+        return self._stateless(
+            (self.metrics_variables,),
+            (metrics_state,),
+            self.gradient_accumulator.last_counts,
+        )[0]
 
     def _select(self, state, data):
         """The selection pass: `(needs, selection_pred, counts)`."""
@@ -201,9 +188,11 @@ class AdaptiveTrainer:
             **training_kwargs(self, False),
         )[0]
         # The loss reads its delta (e.g. `DeltaWarmup`'s) from the state.
-        mapping = list(zip(self.metrics_variables, metrics_state))
-        with keras.StatelessScope(state_mapping=mapping):
-            return self._sub_batch(y, selection_pred, sample_weight)
+        return self._stateless(
+            (self.metrics_variables,),
+            (metrics_state,),
+            lambda: self._sub_batch(y, selection_pred, sample_weight),
+        )[0]
 
     def train_step(self, state, data):
         return self._train_step(state, data)
@@ -212,12 +201,6 @@ class AdaptiveTrainer:
         """The step; `branch` and `selection` as chosen on the host, if so."""
         trainable, non_trainable, optimizer_state, metrics_state = state
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        accumulator = self.gradient_accumulator
-        position = {id(v): i for i, v in enumerate(self.metrics_variables)}
-
-        def value(variable):
-            return metrics_state[position[id(variable)]]
-
         def run_pass(training_pass):
             def loss_fn(trainable):
                 # What the forward pass updates: none when no row goes through it.
@@ -252,8 +235,10 @@ class AdaptiveTrainer:
             (_, (loss, y_pred, new_non_trainable, new_metrics)), grads = grad_fn(
                 trainable
             )
-            new_metrics = self._stateless(
-                new_metrics, lambda: self._record_backward(training_pass)
+            _, (new_metrics,) = self._stateless(
+                (self.metrics_variables,),
+                (new_metrics,),
+                lambda: self._record_backward(training_pass),
             )
             logs, new_metrics = update_metrics_variables(
                 self, new_metrics, loss, x, y, y_pred, sample_weight
@@ -273,45 +258,18 @@ class AdaptiveTrainer:
             branch,
         )
 
-        metrics_state = list(metrics_state)
-
-        def assign(variable, new_value):
-            metrics_state[position[id(variable)]] = new_value
-
-        micro_step = value(accumulator.micro_step)
-        window, is_update = accumulator.next_window(
-            value(accumulator.window),
-            micro_step,
-            value(accumulator.batch_masked),
-            value(accumulator.batch_counted),
-        )
-        (trainable, optimizer_state), totals, micro_step, updates_added = (
-            accumulator.accumulate_or_update(
-                grads,
-                [value(total) for total in accumulator.gradients],
-                micro_step,
-                window,
-                is_update,
-                lambda mean, state: tuple(
-                    list(values)
-                    for values in self.optimizer.stateless_apply(state[1], mean, state[0])
-                ),
-                state=(list(trainable), list(optimizer_state)),
+        def accumulate_or_update():
+            self._accumulate_or_update(
+                grads, cond=self._cond_carrying_updates, apply=self._apply_statelessly
             )
-        )
-        assign(accumulator.window, window)
-        assign(accumulator.micro_step, micro_step)
-        updates = value(accumulator.updates) + updates_added
-        assign(accumulator.updates, updates)
-        for total, new_value in zip(accumulator.gradients, totals):
-            assign(total, new_value)
+            return self.gradient_accumulator.logs(self.skip_masked)
 
-        logs = {
-            **logs,
-            **accumulator.logs(
-                self.skip_masked, window, updates, value(accumulator.sub_batch_size)
-            ),
-        }
+        as_speed_logs, (trainable, optimizer_state, metrics_state) = self._stateless(
+            self._updated_groups(),
+            (trainable, optimizer_state, metrics_state),
+            accumulate_or_update,
+        )
+        logs = {**logs, **as_speed_logs}
         return logs, (trainable, non_trainable, optimizer_state, metrics_state)
 
     def _loss_and_updates(
@@ -346,27 +304,66 @@ class AdaptiveTrainer:
                 scaled_loss = self.optimizer.scale_loss(loss)
         return scaled_loss, (loss, y_pred, non_trainable, metrics_state)
 
-    def _stateless(self, metrics_state, update):
-        """Runs `update()` on the metrics' values `metrics_state`; returns
-        their new values."""
-        mapping = list(zip(self.metrics_variables, metrics_state))
+    def _updated_groups(self):
+        """The variables an update step assigns: trainable, optimizer's, metrics'."""
+        optimizer_variables = [] if self.optimizer is None else self.optimizer.variables
+        return self.trainable_variables, optimizer_variables, self.metrics_variables
+
+    @staticmethod
+    def _stateless(groups, values, function):
+        """Runs `function()` with the variables of `groups` holding `values`,
+        in a `keras.StatelessScope` (as Keras's `stateless_apply` runs
+        `apply`); returns its result and the groups' new values."""
+        mapping = [
+            pair for group, group_values in zip(groups, values)
+            for pair in zip(group, group_values)
+        ]
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            update()
-        return [scope.get_current_value(v) for v in self.metrics_variables]
+            result = function()
+        new_values = tuple(
+            [scope.get_current_value(variable) for variable in group]
+            for group in groups
+        )
+        return result, new_values
 
-    def _distribution_scope(self):
-        return contextlib.nullcontext()
+    def _cond_carrying_updates(self, is_update, update, accumulate, operands):
+        """`run_cond` for `accumulate_or_update` within `_stateless`: each
+        branch runs in a scope of its own and returns the values it assigned
+        (a traced branch must not leave them in the enclosing scope), which
+        are then assigned there."""
+        groups = self._updated_groups()[:2]
+        values = tuple([variable.value for variable in group] for group in groups)
 
-    def _apply_gradients(self, compute_gradients):
-        # Stateless, as in the step: an eager `optimizer.apply` fails on JAX
-        # under a `LossScaleOptimizer` (its `cond` assigns variables).
+        def carrying(branch):
+            return lambda *operands: self._stateless(
+                groups, values, lambda: branch(*operands)
+            )
+
+        totals, new_values = run_cond(
+            is_update, carrying(update), carrying(accumulate), operands
+        )
+        for group, group_values in zip(groups, new_values):
+            for variable, value in zip(group, group_values):
+                variable.assign(value)
+        return totals
+
+    def _apply_statelessly(self, mean):
+        """The optimizer update through its `stateless_apply`, assigned to
+        the variables (within `_stateless`, to its scope). An
+        `optimizer.apply` would fail under a `LossScaleOptimizer`, whose
+        `cond` assigns variables."""
         optimizer, variables = self.optimizer, self.trainable_variables
         new_variables, new_optimizer_state = optimizer.stateless_apply(
-            [v.value for v in optimizer.variables],
-            compute_gradients(),
-            [v.value for v in variables],
+            [v.value for v in optimizer.variables], mean, [v.value for v in variables]
         )
         for variable, new_value in zip(variables, new_variables):
             variable.assign(new_value)
         for variable, new_value in zip(optimizer.variables, new_optimizer_state):
             variable.assign(new_value)
+
+    def _distribution_scope(self):
+        return contextlib.nullcontext()
+
+    def _apply_gradients(self, compute_gradients):
+        # Stateless, as in the step.
+        self._apply_statelessly(compute_gradients())

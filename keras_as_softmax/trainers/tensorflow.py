@@ -198,7 +198,7 @@ class AdaptiveTrainer:
 
         def on_each_replica(branch):
             def run(*operands):
-                _, totals = branch(*operands)
+                totals = branch(*operands)
                 for total, new_value in zip(accumulator.gradients, totals):
                     total.assign(new_value)
 
@@ -219,7 +219,7 @@ class AdaptiveTrainer:
         tf.distribute.get_replica_context().merge_call(
             merge_fn, args=(is_update, operands)
         )
-        return operands[0], [total.value for total in accumulator.gradients]
+        return [total.value for total in accumulator.gradients]
 
     def _distribution_scope(self):
         return self.distribute_strategy.scope()
