@@ -20,8 +20,11 @@ class AdaptiveTrainer:
     """AS-Speed's training step for the JAX trainer.
 
     Stateless, as Keras's JAX `train_step`: the accumulators and counters are
-    metric variables of the model, read from and returned in `state`, and
-    `lax.cond` chooses between an optimizer update and accumulation.
+    metric variables of the model, read from and returned in `state`. The
+    accumulation code the stateful trainers run runs here too, within a
+    `keras.StatelessScope` over the state's values (as Keras's
+    `stateless_apply` runs `apply`), and `lax.cond` chooses between an
+    optimizer update and accumulation.
 
     With `skip_masked` and `jit_compile`, `skipping.PassChooser` chooses each
     step's pass on the host between jitted functions (a selection pass, and
