@@ -559,9 +559,9 @@ def _single_label_core(target_index, scores, delta, from_logits):
     `log(sum of kept p) - log(p_t)`, with `p_t` clipped to `[epsilon, 1 -
     epsilon]` for probabilities as Keras clips it, so that at `delta = 1` it
     is Keras's cross-entropy. The mask is a comparison: no gradient flows
-    through it. From logits the probabilities are never divided out: `p`
-    times the positions' sum of `exp(z - max z)` is compared with the
-    threshold `logit_statistics` gives (see `kept_exps`).
+    through it. From logits the probabilities are never divided out: the
+    logits are compared with the cutoff `logit_statistics` gives (see
+    `kept_exps`).
 
     Args:
         target_index: int32 class ids, the positions' shape plus an axis of
@@ -617,9 +617,13 @@ def logit_statistics(target_index, logits, delta):
 
     Returns:
         A tuple `(exps, statistics)`: `exp(logits - max)`, and per position
-        `(max, target logit, threshold)`, each with a last axis of size 1,
-        the threshold `exp(z_t - max) - delta * sum(exps)` (`p_t - delta`
-        times the sum). `kept_exps` applies them to the logits again.
+        `(max, target logit, cutoff)`, each with a last axis of size 1.
+        Class `i` is kept iff `z_i >= cutoff`: `p_i >= p_t - delta` on the
+        logits' scale, `z_i >= max + log(exp(z_t - max) - delta *
+        sum(exps))` (every class where that log's argument is not
+        positive), or `z_i >= z_t`, so that a class whose logit is at least
+        the target's is kept whatever `exp`'s rounding. `kept_exps`
+        applies them to the logits again.
     """
     row_max = ops.max(logits, axis=-1, keepdims=True)
     exps = ops.exp(logits - row_max)
@@ -627,18 +631,41 @@ def logit_statistics(target_index, logits, delta):
         exps, axis=-1, keepdims=True
     )
     target_logit = ops.take_along_axis(logits, target_index, axis=-1)
-    return exps, (row_max, target_logit, threshold)
+    return exps, (row_max, target_logit, keep_cutoff(row_max, target_logit, threshold))
+
+
+def keep_cutoff(log_scale, target_logit, threshold):
+    """The cutoff of `logit_statistics`: the smallest logit kept.
+
+    Args:
+        log_scale: Per position, the log of the scale of `threshold`.
+        target_logit: Per position, the target's logit.
+        threshold: Per position, `p_t - delta` in units of `exp(z -
+            log_scale)` (`log_scale` the log-sum-exp: probabilities).
+
+    Returns:
+        `min(z_t, log_scale + log(threshold))`, `-inf` where `threshold` is
+        not positive (every class kept).
+
+    Example:
+
+    >>> cutoff = keep_cutoff(np.float32([0.0, 0.0]), np.float32([2.0, -1.0]),
+    ...                      np.float32([0.5, 0.5]))
+    >>> [round(float(c), 4) for c in keras.ops.convert_to_numpy(cutoff)]
+    [-0.6931, -1.0]
+    """
+    positive = threshold > 0
+    log_threshold = ops.log(ops.where(positive, threshold, 1.0))
+    cutoff = ops.where(positive, ops.add(log_scale, log_threshold), -np.inf)
+    return ops.minimum(cutoff, target_logit)
 
 
 def kept_exps(logits, exps, statistics):
     """`(keep, kept)`: the classes AS-Softmax keeps, `exps` there and 0
-    elsewhere, from `logit_statistics`' outputs. A class whose logit is at
-    least the target's is kept whatever `exp`'s rounding (TensorFlow rounds
-    equal inputs differently within a row)."""
-    _, target_logit, threshold = statistics
-    keep = ops.logical_or(
-        ops.greater_equal(exps, threshold), ops.greater_equal(logits, target_logit)
-    )
+    elsewhere, from `logit_statistics`' outputs. One comparison of the
+    logits, so that (under XLA) no buffer of their size is kept beside the
+    exps and the kept exps."""
+    keep = ops.greater_equal(logits, statistics[2])
     return keep, ops.where(keep, exps, 0.0)
 
 

@@ -25,6 +25,7 @@ from keras_as_softmax.as_softmax import ASLoss
 from keras_as_softmax.as_softmax import _cast_delta
 from keras_as_softmax.as_softmax import _sparse_losses_and_masked
 from keras_as_softmax.as_softmax import flag_class_ids
+from keras_as_softmax.as_softmax import keep_cutoff
 from keras_as_softmax.as_softmax import kept_exps
 from keras_as_softmax.as_softmax import _single_label_core
 from keras_as_softmax.backend import add_chunk_gradients
@@ -547,7 +548,9 @@ class _Projection:
         if chunk_as_softmax is not None:
             fused = chunk_as_softmax(target_index, logits, self.delta)
             if fused is not None:
-                return fused
+                *outputs, (log_sum, target_logit, threshold) = fused
+                cutoff = keep_cutoff(log_sum, target_logit, threshold)
+                return (*outputs, (log_sum, target_logit, cutoff))
         losses, masked, _, kept, kept_sum, statistics = _single_label_core(
             target_index, logits, self.delta, from_logits=True
         )

@@ -303,6 +303,7 @@ def test_torch_chunk_kernels_equal_the_keras_ops_form(monkeypatch, transposed):
     `keras.ops` form, for both routes; and the kernel's row statistics give
     the core's kept classes."""
     from keras_as_softmax.as_softmax import _single_label_core
+    from keras_as_softmax.as_softmax import keep_cutoff
     import torch
 
     from keras_as_softmax.backend import torch as torch_backend
@@ -354,8 +355,11 @@ def test_torch_chunk_kernels_equal_the_keras_ops_form(monkeypatch, transposed):
         np.testing.assert_allclose(
             to_numpy(kept / kept_sum), to_numpy(core[3] / core[4]), rtol=1e-5, atol=1e-7
         )
+        log_sum, target_logit, threshold = statistics
         keep, _ = linear_as_softmax.kept_exps(
-            logits, ops.exp(logits - statistics[0]), statistics
+            logits,
+            ops.exp(logits - log_sum),
+            (log_sum, target_logit, keep_cutoff(log_sum, target_logit, threshold)),
         )
         np.testing.assert_array_equal(to_numpy(keep), to_numpy(core[2]))
 

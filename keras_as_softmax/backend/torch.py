@@ -291,7 +291,8 @@ def chunk_as_softmax(target_index, logits, delta):
     `keras_as_softmax.as_softmax._single_label_core` gives them from logits,
     with `kept` the kept probabilities and `statistics` `(log-sum-exp, target
     logit, p_t - delta)`: `exp(logits - log-sum-exp)` are the probabilities,
-    in the threshold's units.
+    in the threshold's units (`as_softmax.keep_cutoff` turns them into the
+    core's).
 
     Example:
 
