@@ -253,6 +253,43 @@ def test_loss_class_gradients_match_reference(reduction, jit):
         np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("route", ["function", "Loss"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["hv", "vh"])
+def test_kernel_gradient_accumulated_in_slices_matches_reference(
+    monkeypatch, route, transposed
+):
+    """The kernel's gradient summed in slices over the classes, as on
+    TensorFlow: 50 classes in slices of 16 (the last one 2)."""
+    monkeypatch.setattr(linear_as_softmax, "kernel_gradient_slice", 16)
+    hidden, kernel, bias, targets, weights, ignore_class = _loss_route_inputs()
+    stored_kernel = kernel.T.copy() if transposed else kernel
+
+    def fused(hidden, kernel, bias):
+        if route == "Loss":
+            loss_fn = LinearSparseASSoftmaxCrossentropy(
+                kernel, bias=bias, delta=0.1, ignore_class=ignore_class,
+                transposed_kernel=transposed, chunk_size=CHUNK, reduction="sum",
+            )
+            return loss_fn(targets, hidden, weights)
+        losses = linear_sparse_as_softmax_crossentropy(
+            targets, hidden, kernel, 0.1, bias=bias, ignore_class=ignore_class,
+            transposed_kernel=transposed, chunk_size=CHUNK,
+        )
+        return ops.sum(ops.multiply(losses, weights))
+
+    value, grads = value_and_grads(fused, (hidden, stored_kernel, bias), jit=True)
+    counted = weights * (targets != ignore_class)
+    expected_value, expected_grads, _, _ = _reference(
+        targets, hidden, kernel, bias, counted, 0.1
+    )
+    expected_grads = list(expected_grads)
+    if transposed:
+        expected_grads[1] = expected_grads[1].T
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    for grad, expected in zip(grads, expected_grads):
+        np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's autograd graph")
 def test_loss_class_gradient_once_per_call_on_torch():
     """On PyTorch the `Loss` scales its forward pass's gradients in place:

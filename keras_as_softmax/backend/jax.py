@@ -32,6 +32,9 @@ fused_sparse_as_softmax_loss = None
 # Nor of the fused projection's chunks (`keras_as_softmax.linear_as_softmax`).
 add_chunk_gradients = chunk_as_softmax = chunk_logits = scale_held_gradients = None
 
+# XLA adds a chunk's kernel gradient into the accumulator in place.
+kernel_gradient_slice = None
+
 
 def sum_across_replicas(x):
     """`x` summed over data-parallel replicas: JAX arrays are already global."""

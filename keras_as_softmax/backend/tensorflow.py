@@ -31,6 +31,12 @@ fused_sparse_as_softmax_loss = None
 # Nor of the fused projection's chunks (`keras_as_softmax.linear_as_softmax`).
 add_chunk_gradients = chunk_as_softmax = chunk_logits = scale_held_gradients = None
 
+# The fused projection accumulates the kernel's gradient in slices of this
+# many classes: the graph executor writes each chunk's product to a buffer
+# of its own, which for the whole kernel would be a second kernel-sized
+# temporary (and its add a second pass over it).
+kernel_gradient_slice = 8192
+
 
 def sum_across_replicas(x):
     """`x` summed over the replicas of a `tf.distribute` strategy."""

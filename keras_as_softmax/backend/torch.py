@@ -267,6 +267,9 @@ sequential_while_loop = keras.ops.while_loop
 # inputs they do not cover they return None and the caller takes the
 # `keras.ops` form.
 
+# `add_chunk_gradients` adds a chunk's kernel gradient in place: one slice.
+kernel_gradient_slice = None
+
 
 def chunk_logits(rows, kernel, bias, transposed_kernel):
     """`rows @ kernel + bias` as one product (`kernel` `(V, H)` if
@@ -314,15 +317,17 @@ def add_chunk_gradients(
     gradients, start, rows, target_index, kept, kept_sum, weights, kernel,
     transposed_kernel,
 ):
-    """`gradients` `(hidden rows, kernel, bias)` plus, added in place, those
-    of `sum(weights * losses)` over the chunk of `rows` from row `start`,
-    whose kept classes are `kept` (overwritten: it becomes the gradient of
-    the logits) summing to `kept_sum`. None where the rows' dtype is not
-    the gradients'.
+    """`gradients` `(hidden rows, (kernel,), bias)` plus, added in place,
+    those of `sum(weights * losses)` over the chunk of `rows` from row
+    `start`, whose kept classes are `kept` (overwritten: it becomes the
+    gradient of the logits) summing to `kept_sum`. None where the rows'
+    dtype is not the gradients', or the kernel's gradient comes in more
+    than one slice.
     """
-    grad_hidden, grad_kernel, grad_bias = gradients
-    if rows.dtype != grad_kernel.dtype:
+    grad_hidden, kernel_slices, grad_bias = gradients
+    if len(kernel_slices) != 1 or rows.dtype != kernel_slices[0].dtype:
         return None
+    (grad_kernel,) = kernel_slices
     weights = weights.unsqueeze(-1)
     grad_logits = kept.mul_(weights / kept_sum)
     grad_logits.scatter_add_(-1, target_index.long(), -weights)
