@@ -33,6 +33,7 @@ from keras_as_softmax.backend import chunk_as_softmax
 from keras_as_softmax.backend import chunk_logits
 from keras_as_softmax.backend import eager_under_torch_compile
 from keras_as_softmax.backend import kernel_gradient_slice
+from keras_as_softmax.backend import kernel_gradient_slices_in_place
 from keras_as_softmax.backend import scale_held_gradients
 from keras_as_softmax.backend import sequential_while_loop
 from keras_as_softmax.input_checks import class_id_flags
@@ -533,12 +534,15 @@ class _Projection:
         num_classes = kernel.shape[0] if transposed_kernel else kernel.shape[1]
         self.classes = ops.arange(num_classes)
         # The kernel's gradient is accumulated in slices over the classes
-        # (one where the backend adds a chunk's gradient in place).
-        step = kernel_gradient_slice or num_classes
+        # (one where the backend adds a chunk's gradient in place): held
+        # apart, or in one buffer, a slice at a time
+        # (`kernel_gradient_slices_in_place`).
+        self.slice_size = min(kernel_gradient_slice or num_classes, num_classes)
         self.class_slices = tuple(
-            (start, min(step, num_classes - start))
-            for start in range(0, num_classes, step)
+            (start, min(self.slice_size, num_classes - start))
+            for start in range(0, num_classes, self.slice_size)
         )
+        self.slices_in_place = kernel_gradient_slices_in_place
         self.class_axis = 0 if transposed_kernel else 1
 
     def chunk(self, hidden, targets, start):
@@ -581,14 +585,16 @@ class _Projection:
         """Zeros for the gradients of the padded hidden rows, the kernel (a
         tuple of its slices over the classes) and the bias, float32 (float64
         for float64 inputs)."""
-        kernel_slices = []
-        for _, size in self.class_slices:
-            shape = list(self.kernel.shape)
-            shape[self.class_axis] = size
-            kernel_slices.append(ops.zeros(shape, self.dtype))
+        if self.slices_in_place:
+            kernel_slices = (ops.zeros(self.kernel.shape, self.dtype),)
+        else:
+            kernel_slices = tuple(
+                ops.zeros(self._slice_shape(size), self.dtype)
+                for _, size in self.class_slices
+            )
         return (
             ops.zeros(ops.shape(self.hidden), self.dtype),
-            tuple(kernel_slices),
+            kernel_slices,
             ops.zeros(self.classes.shape, self.dtype),
         )
 
@@ -621,21 +627,64 @@ class _Projection:
             # TensorFlow's CPU kernels (the same on XLA).
             chunk_hidden = ops.transpose(ops.matmul(self.kernel, ops.transpose(grad_rows)))
         dtype = grad_hidden.dtype
-        kernel_slices = list(kernel_slices)
-        for index, (first, size) in enumerate(self.class_slices):
-            columns = grad_rows
-            if size != grad_rows.shape[-1]:
-                columns = ops.slice(grad_rows, (0, first), (grad_rows.shape[0], size))
-            if self.transposed_kernel:
-                chunk_kernel = ops.matmul(ops.transpose(columns), rows)
-            else:
-                chunk_kernel = ops.matmul(ops.transpose(rows), columns)
-            kernel_slices[index] = kernel_slices[index] + ops.cast(chunk_kernel, dtype)
+        if self.slices_in_place:
+            kernel_slices = (self._add_slice_by_slice(kernel_slices[0], rows, grad_rows),)
+        else:
+            kernel_slices = tuple(
+                kernel_slice + ops.cast(self._kernel_product(rows, grad_rows, first, size), dtype)
+                for kernel_slice, (first, size) in zip(kernel_slices, self.class_slices)
+            )
         return (
             ops.slice_update(grad_hidden, (start, 0), ops.cast(chunk_hidden, dtype)),
-            tuple(kernel_slices),
+            kernel_slices,
             grad_bias + ops.sum(grad_logits, axis=0),
         )
+
+    def _slice_shape(self, size):
+        """The shape of a slice of `size` classes of the kernel."""
+        shape = list(self.kernel.shape)
+        shape[self.class_axis] = size
+        return shape
+
+    def _kernel_product(self, rows, grad_rows, first, size):
+        """The kernel's gradient over classes `first` to `first + size` from
+        a chunk's `rows` and the gradient of their logits `grad_rows`."""
+        columns = grad_rows
+        if size != grad_rows.shape[-1]:
+            columns = ops.slice(grad_rows, (0, first), (grad_rows.shape[0], size))
+        if self.transposed_kernel:
+            return ops.matmul(ops.transpose(columns), rows)
+        return ops.matmul(ops.transpose(rows), columns)
+
+    def _add_slice_by_slice(self, grad_kernel, rows, grad_rows):
+        """`grad_kernel` plus a chunk's kernel gradient, one slice of classes
+        at a time in a loop: the slice's product is the only temporary (XLA
+        adds it in place, but does not fuse a product into the add, nor
+        keep more than one product alive without the loop)."""
+
+        def add_slice(grad_kernel, first, size):
+            start = (0, first) if self.class_axis else (first, 0)
+            product = self._kernel_product(rows, grad_rows, first, size)
+            current = ops.slice(grad_kernel, start, self._slice_shape(size))
+            return ops.slice_update(
+                grad_kernel, start, current + ops.cast(product, grad_kernel.dtype)
+            )
+
+        if len(self.class_slices) == 1:
+            product = self._kernel_product(rows, grad_rows, 0, self.slice_size)
+            return grad_kernel + ops.cast(product, grad_kernel.dtype)
+        full_slices = len(self.class_slices) - (self.class_slices[-1][1] < self.slice_size)
+        _, grad_kernel = sequential_while_loop(
+            lambda index, _: index < full_slices,
+            lambda index, grad_kernel: (
+                index + 1,
+                add_slice(grad_kernel, index * self.slice_size, self.slice_size),
+            ),
+            (ops.convert_to_tensor(0, "int32"), grad_kernel),
+        )
+        if full_slices < len(self.class_slices):
+            grad_kernel = add_slice(grad_kernel, *self.class_slices[-1])
+        return grad_kernel
 
     def gathered_gradients(self, gradients, statistics, needs, weights):
         """`gradients` plus those of `sum(weights * losses)` over the rows

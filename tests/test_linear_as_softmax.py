@@ -255,12 +255,16 @@ def test_loss_class_gradients_match_reference(reduction, jit):
 
 @pytest.mark.parametrize("route", ["function", "Loss"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["hv", "vh"])
+@pytest.mark.parametrize("in_place", [False, True], ids=["apart", "in_place"])
 def test_kernel_gradient_accumulated_in_slices_matches_reference(
-    monkeypatch, route, transposed
+    monkeypatch, route, transposed, in_place
 ):
-    """The kernel's gradient summed in slices over the classes, as on
-    TensorFlow: 50 classes in slices of 16 (the last one 2)."""
+    """The kernel's gradient summed in slices over the classes: held apart
+    and joined at the end (as on TensorFlow), or in one buffer, a slice at
+    a time in a loop (as on JAX): 50 classes in slices of 16 (the last one
+    2)."""
     monkeypatch.setattr(linear_as_softmax, "kernel_gradient_slice", 16)
+    monkeypatch.setattr(linear_as_softmax, "kernel_gradient_slices_in_place", in_place)
     hidden, kernel, bias, targets, weights, ignore_class = _loss_route_inputs()
     stored_kernel = kernel.T.copy() if transposed else kernel
 

@@ -14,6 +14,7 @@ if _BACKEND == "tensorflow":
     from keras_as_softmax.backend.tensorflow import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.tensorflow import known_values
     from keras_as_softmax.backend.tensorflow import kernel_gradient_slice
+    from keras_as_softmax.backend.tensorflow import kernel_gradient_slices_in_place
     from keras_as_softmax.backend.tensorflow import scale_held_gradients
     from keras_as_softmax.backend.tensorflow import sequential_while_loop
     from keras_as_softmax.backend.tensorflow import sum_across_replicas
@@ -26,6 +27,7 @@ elif _BACKEND == "jax":
     from keras_as_softmax.backend.jax import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.jax import known_values
     from keras_as_softmax.backend.jax import kernel_gradient_slice
+    from keras_as_softmax.backend.jax import kernel_gradient_slices_in_place
     from keras_as_softmax.backend.jax import scale_held_gradients
     from keras_as_softmax.backend.jax import sequential_while_loop
     from keras_as_softmax.backend.jax import sum_across_replicas
@@ -38,6 +40,7 @@ elif _BACKEND == "torch":
     from keras_as_softmax.backend.torch import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.torch import known_values
     from keras_as_softmax.backend.torch import kernel_gradient_slice
+    from keras_as_softmax.backend.torch import kernel_gradient_slices_in_place
     from keras_as_softmax.backend.torch import scale_held_gradients
     from keras_as_softmax.backend.torch import sequential_while_loop
     from keras_as_softmax.backend.torch import sum_across_replicas
@@ -55,6 +58,7 @@ __all__ = [
     "eager_under_torch_compile",
     "fused_sparse_as_softmax_loss",
     "kernel_gradient_slice",
+    "kernel_gradient_slices_in_place",
     "known_values",
     "scale_held_gradients",
     "sequential_while_loop",

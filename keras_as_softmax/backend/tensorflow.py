@@ -34,8 +34,11 @@ add_chunk_gradients = chunk_as_softmax = chunk_logits = scale_held_gradients = N
 # The fused projection accumulates the kernel's gradient in slices of this
 # many classes: the graph executor writes each chunk's product to a buffer
 # of its own, which for the whole kernel would be a second kernel-sized
-# temporary (and its add a second pass over it).
+# temporary (and its add a second pass over it). The slices are tensors of
+# their own, joined once at the end: the graph executor would copy one
+# buffer to update a slice of it.
 kernel_gradient_slice = 8192
+kernel_gradient_slices_in_place = False
 
 
 def sum_across_replicas(x):

@@ -269,6 +269,7 @@ sequential_while_loop = keras.ops.while_loop
 
 # `add_chunk_gradients` adds a chunk's kernel gradient in place: one slice.
 kernel_gradient_slice = None
+kernel_gradient_slices_in_place = True
 
 
 def chunk_logits(rows, kernel, bias, transposed_kernel):
