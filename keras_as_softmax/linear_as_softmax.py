@@ -31,9 +31,9 @@ from keras_as_softmax.as_softmax import _single_label_core
 from keras_as_softmax.backend import add_chunk_gradients
 from keras_as_softmax.backend import chunk_as_softmax
 from keras_as_softmax.backend import chunk_logits
+from keras_as_softmax.backend import compile_chunk_loop
 from keras_as_softmax.backend import eager_under_torch_compile
 from keras_as_softmax.backend import kernel_gradient_slice
-from keras_as_softmax.backend import kernel_gradient_slices_in_place
 from keras_as_softmax.backend import scale_held_gradients
 from keras_as_softmax.backend import sequential_while_loop
 from keras_as_softmax.input_checks import class_id_flags
@@ -159,6 +159,7 @@ def linear_losses_and_masked(
         None if counted is None else ops.reshape(counted, (-1,)),
         delta,
         chunk_size or default_chunk_size(num_classes),
+        kernel_gradient_slice,
         transposed_kernel,
         coefficients,
     )
@@ -385,6 +386,7 @@ def _chunked_losses(
     counted,
     delta,
     chunk_size,
+    slice_size,
     transposed_kernel,
     coefficients=None,
 ):
@@ -392,30 +394,93 @@ def _chunked_losses(
 
     The forward pass runs every chunk of `chunk_size` rows; the backward
     pass only the chunks that the rows with a gradient fill (rows neither
-    masked nor left out by `counted`), gathered first.
+    masked nor left out by `counted`), gathered first. The kernel's
+    gradient is added `slice_size` classes at a time (None: all at once).
 
     With `coefficients` `(N,)`, it returns `(total, losses, masked)`: `total`
     is `sum(coefficients * losses)`, with the gradient, which the forward
     pass computes: a chunk whose rows mostly need a gradient gets it from
     the logits at hand (three products per chunk, where the backward pass
     needs four), and the rows of the other chunks are gathered as above.
+
+    The passes over the chunks run as the backend compiles them
+    (`compile_chunk_loop`); the gradients are joined to the inputs here,
+    outside that code, so that scaling them by the upstream gradient
+    needs no copy where the backend can avoid one.
     """
-    num_rows = ops.shape(hidden)[0]
-    num_chunks = (num_rows + chunk_size - 1) // chunk_size
-    padded_rows = num_chunks * chunk_size
     float_dtype = _statistics_dtype(hidden)
-    projection = _Projection(
-        _pad_rows(ops.stop_gradient(hidden), padded_rows),
-        _pad_rows(targets, padded_rows),
-        ops.stop_gradient(kernel),
-        None if bias is None else ops.stop_gradient(bias),
-        _cast_delta(delta, ops.zeros((), float_dtype)),
-        chunk_size,
-        transposed_kernel,
+    delta = _cast_delta(delta, ops.zeros((), float_dtype))
+    projected = tuple(
+        None if x is None else ops.stop_gradient(x) for x in (hidden, kernel, bias)
     )
-    counted = None if counted is None else _pad_rows(counted, padded_rows, False)
+    settings = (chunk_size, slice_size, transposed_kernel)
+    inputs = (hidden, kernel) + (() if bias is None else (bias,))
+
+    def returned(grads):
+        return tuple(ops.cast(grad, x.dtype) for grad, x in zip(grads, inputs))
+
     if coefficients is not None:
-        coefficients = _pad_rows(ops.cast(coefficients, float_dtype), padded_rows)
+        coefficients = ops.cast(coefficients, float_dtype)
+        losses, masked, held = _forward_chunks(
+            *projected, targets, counted, delta, coefficients, *settings
+        )
+        held = list(held)
+
+        @ops.custom_gradient
+        def with_total_gradient(*inputs):
+            def gradient(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                upstream = ops.cast(upstream, float_dtype)
+                if scale_held_gradients is not None:
+                    return returned(scale_held_gradients(held, upstream))
+                return returned(tuple(grad * upstream for grad in held))
+
+            return ops.sum(coefficients * losses), gradient
+
+        return with_total_gradient(*inputs), losses, masked
+
+    losses, masked, statistics = _forward_chunks(
+        *projected, targets, counted, delta, None, *settings
+    )
+    needs = ops.logical_not(masked)
+    if counted is not None:
+        needs = ops.logical_and(needs, counted)
+
+    @ops.custom_gradient
+    def with_gradient(*inputs):
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, float_dtype)
+            return returned(
+                _backward_chunks(
+                    *projected, targets, delta, statistics, needs, upstream, *settings
+                )
+            )
+
+        return losses, gradient
+
+    return with_gradient(*inputs), masked
+
+
+@compile_chunk_loop
+def _forward_chunks(
+    hidden, kernel, bias, targets, counted, delta, coefficients, chunk_size,
+    slice_size, transposed_kernel,
+):
+    """The forward pass of `_chunked_losses` over every chunk: per row,
+    `(losses, masked, statistics)`; with `coefficients`, `(losses, masked,
+    gradients)`, the gradients `(hidden, kernel, bias)` of `sum(coefficients
+    * losses)` (bias's None without a bias)."""
+    projection = _Projection(
+        hidden, targets, kernel, bias, delta, chunk_size, slice_size, transposed_kernel
+    )
+    padded_rows = projection.padded_rows
+    float_dtype = projection.dtype
+    counted = None if counted is None else projection.pad(counted, False)
+    if coefficients is not None:
+        coefficients = projection.pad(coefficients)
 
     def forward_chunk(index, losses, masked, statistics, *needs_and_gradients):
         start = index * chunk_size
@@ -464,56 +529,33 @@ def _chunked_losses(
         # The rows left for later, and the gradients so far.
         loop_vars += (ops.zeros((padded_rows,), "bool"), projection.zero_gradients())
     _, losses, masked, statistics, *needs_and_gradients = sequential_while_loop(
-        lambda index, *_: index < num_chunks, forward_chunk, loop_vars
+        lambda index, *_: index < padded_rows // chunk_size, forward_chunk, loop_vars
     )
-    inputs = (hidden, kernel) + (() if bias is None else (bias,))
+    num_rows = projection.num_rows
+    if coefficients is None:
+        return losses[:num_rows], masked[:num_rows], statistics[:num_rows]
+    needs, gradients = needs_and_gradients
+    gradients = projection.gathered_gradients(gradients, statistics, needs, coefficients)
+    return losses[:num_rows], masked[:num_rows], gradients
 
-    def returned(grads):
-        grad_hidden = ops.cast(grads[0][:num_rows], hidden.dtype)
-        return (grad_hidden, ops.cast(grads[1], kernel.dtype)) + tuple(
-            ops.cast(grads[2], bias.dtype) for _ in inputs[2:]
-        )
 
-    if coefficients is not None:
-        grads = projection.gathered_gradients(
-            needs_and_gradients[1], statistics, needs_and_gradients[0], coefficients
-        )
-
-        held = list(grads)
-
-        @ops.custom_gradient
-        def with_total_gradient(*inputs):
-            def gradient(*args, upstream=None):
-                if upstream is None:
-                    (upstream,) = args
-                upstream = ops.cast(upstream, float_dtype)
-                if scale_held_gradients is not None:
-                    return returned(scale_held_gradients(held, upstream))
-                return returned(tuple(grad * upstream for grad in held))
-
-            return ops.sum(coefficients * losses), gradient
-
-        return with_total_gradient(*inputs), losses[:num_rows], masked[:num_rows]
-
-    needs = ops.logical_not(masked)
-    if counted is not None:
-        needs = ops.logical_and(needs, counted)
-
-    @ops.custom_gradient
-    def with_gradient(*inputs):
-        def gradient(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            upstream = _pad_rows(ops.cast(upstream, float_dtype), padded_rows)
-            return returned(
-                projection.gathered_gradients(
-                    projection.zero_gradients(), statistics, needs, upstream
-                )
-            )
-
-        return losses[:num_rows], gradient
-
-    return with_gradient(*inputs), masked[:num_rows]
+@compile_chunk_loop
+def _backward_chunks(
+    hidden, kernel, bias, targets, delta, statistics, needs, weights, chunk_size,
+    slice_size, transposed_kernel,
+):
+    """The backward pass of `_chunked_losses`: the gradients `(hidden,
+    kernel, bias)` of `sum(weights * losses)` over the rows where `needs`,
+    from the forward pass's `statistics`."""
+    projection = _Projection(
+        hidden, targets, kernel, bias, delta, chunk_size, slice_size, transposed_kernel
+    )
+    return projection.gathered_gradients(
+        projection.zero_gradients(),
+        projection.pad(statistics),
+        projection.pad(needs, False),
+        projection.pad(weights),
+    )
 
 
 class _Projection:
@@ -521,10 +563,14 @@ class _Projection:
     gradient computations that its forward and backward passes share."""
 
     def __init__(
-        self, hidden, targets, kernel, bias, delta, chunk_size, transposed_kernel
+        self, hidden, targets, kernel, bias, delta, chunk_size, slice_size,
+        transposed_kernel,
     ):
-        self.hidden = hidden
-        self.targets = targets
+        self.num_rows = ops.shape(hidden)[0]
+        num_chunks = (self.num_rows + chunk_size - 1) // chunk_size
+        self.padded_rows = num_chunks * chunk_size
+        self.hidden = _pad_rows(hidden, self.padded_rows)
+        self.targets = _pad_rows(targets, self.padded_rows)
         self.kernel = kernel
         self.bias = bias
         self.delta = delta
@@ -533,17 +579,21 @@ class _Projection:
         self.dtype = _statistics_dtype(hidden)
         num_classes = kernel.shape[0] if transposed_kernel else kernel.shape[1]
         self.classes = ops.arange(num_classes)
-        # The kernel's gradient is accumulated in slices over the classes
-        # (one where the backend adds a chunk's gradient in place): held
-        # apart, or in one buffer, a slice at a time
-        # (`kernel_gradient_slices_in_place`).
-        self.slice_size = min(kernel_gradient_slice or num_classes, num_classes)
+        # The kernel's gradient is added a slice of classes at a time (one
+        # where the backend adds a chunk's whole product in place).
+        self.slice_size = min(slice_size or num_classes, num_classes)
         self.class_slices = tuple(
             (start, min(self.slice_size, num_classes - start))
             for start in range(0, num_classes, self.slice_size)
         )
-        self.slices_in_place = kernel_gradient_slices_in_place
         self.class_axis = 0 if transposed_kernel else 1
+
+    def pad(self, x, value=0):
+        """Rows of `x` `(N, ...)`, in the dtype of the statistics if
+        floating point, with rows of `value` up to the padded rows."""
+        if "float" in keras.backend.standardize_dtype(x.dtype):
+            x = ops.cast(x, self.dtype)
+        return _pad_rows(x, self.padded_rows, value)
 
     def chunk(self, hidden, targets, start):
         """The chunk of rows from `start`, and their targets, `(rows, 1)`."""
@@ -582,19 +632,11 @@ class _Projection:
         return kept, ops.sum(kept, axis=-1, keepdims=True)
 
     def zero_gradients(self):
-        """Zeros for the gradients of the padded hidden rows, the kernel (a
-        tuple of its slices over the classes) and the bias, float32 (float64
-        for float64 inputs)."""
-        if self.slices_in_place:
-            kernel_slices = (ops.zeros(self.kernel.shape, self.dtype),)
-        else:
-            kernel_slices = tuple(
-                ops.zeros(self._slice_shape(size), self.dtype)
-                for _, size in self.class_slices
-            )
+        """Zeros for the gradients of the padded hidden rows, the kernel and
+        the bias, float32 (float64 for float64 inputs)."""
         return (
             ops.zeros(ops.shape(self.hidden), self.dtype),
-            kernel_slices,
+            ops.zeros(self.kernel.shape, self.dtype),
             ops.zeros(self.classes.shape, self.dtype),
         )
 
@@ -612,7 +654,7 @@ class _Projection:
             )
             if fused is not None:
                 return fused
-        grad_hidden, kernel_slices, grad_bias = gradients
+        grad_hidden, grad_kernel, grad_bias = gradients
         weights = ops.expand_dims(weights, -1)
         grad_logits = kept * (weights / kept_sum)
         grad_logits = ops.where(
@@ -627,24 +669,11 @@ class _Projection:
             # TensorFlow's CPU kernels (the same on XLA).
             chunk_hidden = ops.transpose(ops.matmul(self.kernel, ops.transpose(grad_rows)))
         dtype = grad_hidden.dtype
-        if self.slices_in_place:
-            kernel_slices = (self._add_slice_by_slice(kernel_slices[0], rows, grad_rows),)
-        else:
-            kernel_slices = tuple(
-                kernel_slice + ops.cast(self._kernel_product(rows, grad_rows, first, size), dtype)
-                for kernel_slice, (first, size) in zip(kernel_slices, self.class_slices)
-            )
         return (
             ops.slice_update(grad_hidden, (start, 0), ops.cast(chunk_hidden, dtype)),
-            kernel_slices,
+            self._add_kernel_gradient(grad_kernel, rows, grad_rows),
             grad_bias + ops.sum(grad_logits, axis=0),
         )
-
-    def _slice_shape(self, size):
-        """The shape of a slice of `size` classes of the kernel."""
-        shape = list(self.kernel.shape)
-        shape[self.class_axis] = size
-        return shape
 
     def _kernel_product(self, rows, grad_rows, first, size):
         """The kernel's gradient over classes `first` to `first + size` from
@@ -656,19 +685,19 @@ class _Projection:
             return ops.matmul(ops.transpose(columns), rows)
         return ops.matmul(ops.transpose(rows), columns)
 
-    def _add_slice_by_slice(self, grad_kernel, rows, grad_rows):
+    def _add_kernel_gradient(self, grad_kernel, rows, grad_rows):
         """`grad_kernel` plus a chunk's kernel gradient, one slice of classes
-        at a time in a loop: the slice's product is the only temporary (XLA
-        adds it in place, but does not fuse a product into the add, nor
-        keep more than one product alive without the loop)."""
+        at a time in a loop, so that one slice's product is the only
+        temporary: XLA adds it in place, but does not fuse a product into
+        the add, and without the loop computes all the slices' products
+        before adding any."""
 
         def add_slice(grad_kernel, first, size):
             start = (0, first) if self.class_axis else (first, 0)
             product = self._kernel_product(rows, grad_rows, first, size)
-            current = ops.slice(grad_kernel, start, self._slice_shape(size))
-            return ops.slice_update(
-                grad_kernel, start, current + ops.cast(product, grad_kernel.dtype)
-            )
+            product = ops.cast(product, grad_kernel.dtype)
+            current = ops.slice(grad_kernel, start, product.shape)
+            return ops.slice_update(grad_kernel, start, current + product)
 
         if len(self.class_slices) == 1:
             product = self._kernel_product(rows, grad_rows, 0, self.slice_size)
@@ -689,9 +718,7 @@ class _Projection:
     def gathered_gradients(self, gradients, statistics, needs, weights):
         """`gradients` plus those of `sum(weights * losses)` over the rows
         where `needs`: gathered first, their logits computed again, and
-        the classes kept found from the forward pass's `statistics`. The
-        kernel's gradient comes in slices (`zero_gradients`) and goes out
-        whole."""
+        the classes kept found from the forward pass's `statistics`."""
         chunk_size = self.chunk_size
         # Rows with a gradient first: chunk k of `order` holds rows to backprop.
         order = ops.cast(ops.argsort(ops.cast(ops.logical_not(needs), "int32")), "int32")
@@ -724,10 +751,8 @@ class _Projection:
                 (ops.zeros_like(grad_hidden), grad_kernel, grad_bias),
             ),
         )
-        # The row gradients back in the rows' order.
+        # The row gradients back in the rows' order, without the padding.
         grad_hidden = grad_hidden + ops.take(
             sorted_grad_hidden, ops.argsort(order), axis=0
         )
-        if len(grad_kernel) > 1:
-            grad_kernel = (ops.concatenate(grad_kernel, axis=self.class_axis),)
-        return grad_hidden, grad_kernel[0], grad_bias
+        return grad_hidden[: self.num_rows], grad_kernel, grad_bias

@@ -10,11 +10,11 @@ if _BACKEND == "tensorflow":
     from keras_as_softmax.backend.tensorflow import branch_value
     from keras_as_softmax.backend.tensorflow import chunk_as_softmax
     from keras_as_softmax.backend.tensorflow import chunk_logits
+    from keras_as_softmax.backend.tensorflow import compile_chunk_loop
     from keras_as_softmax.backend.tensorflow import eager_under_torch_compile
     from keras_as_softmax.backend.tensorflow import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.tensorflow import known_values
     from keras_as_softmax.backend.tensorflow import kernel_gradient_slice
-    from keras_as_softmax.backend.tensorflow import kernel_gradient_slices_in_place
     from keras_as_softmax.backend.tensorflow import scale_held_gradients
     from keras_as_softmax.backend.tensorflow import sequential_while_loop
     from keras_as_softmax.backend.tensorflow import sum_across_replicas
@@ -23,11 +23,11 @@ elif _BACKEND == "jax":
     from keras_as_softmax.backend.jax import branch_value
     from keras_as_softmax.backend.jax import chunk_as_softmax
     from keras_as_softmax.backend.jax import chunk_logits
+    from keras_as_softmax.backend.jax import compile_chunk_loop
     from keras_as_softmax.backend.jax import eager_under_torch_compile
     from keras_as_softmax.backend.jax import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.jax import known_values
     from keras_as_softmax.backend.jax import kernel_gradient_slice
-    from keras_as_softmax.backend.jax import kernel_gradient_slices_in_place
     from keras_as_softmax.backend.jax import scale_held_gradients
     from keras_as_softmax.backend.jax import sequential_while_loop
     from keras_as_softmax.backend.jax import sum_across_replicas
@@ -36,11 +36,11 @@ elif _BACKEND == "torch":
     from keras_as_softmax.backend.torch import branch_value
     from keras_as_softmax.backend.torch import chunk_as_softmax
     from keras_as_softmax.backend.torch import chunk_logits
+    from keras_as_softmax.backend.torch import compile_chunk_loop
     from keras_as_softmax.backend.torch import eager_under_torch_compile
     from keras_as_softmax.backend.torch import fused_sparse_as_softmax_loss
     from keras_as_softmax.backend.torch import known_values
     from keras_as_softmax.backend.torch import kernel_gradient_slice
-    from keras_as_softmax.backend.torch import kernel_gradient_slices_in_place
     from keras_as_softmax.backend.torch import scale_held_gradients
     from keras_as_softmax.backend.torch import sequential_while_loop
     from keras_as_softmax.backend.torch import sum_across_replicas
@@ -55,10 +55,10 @@ __all__ = [
     "branch_value",
     "chunk_as_softmax",
     "chunk_logits",
+    "compile_chunk_loop",
     "eager_under_torch_compile",
     "fused_sparse_as_softmax_loss",
     "kernel_gradient_slice",
-    "kernel_gradient_slices_in_place",
     "known_values",
     "scale_held_gradients",
     "sequential_while_loop",

@@ -32,12 +32,11 @@ fused_sparse_as_softmax_loss = None
 # Nor of the fused projection's chunks (`keras_as_softmax.linear_as_softmax`).
 add_chunk_gradients = chunk_as_softmax = chunk_logits = scale_held_gradients = None
 
-# The fused projection accumulates the kernel's gradient into one buffer,
-# which XLA updates in place, a slice of this many classes at a time in a
-# loop: a chunk's whole `(H, V)` product would be a second kernel-sized
-# temporary (XLA's CPU backend does not fuse a product into the add).
+# The fused projection adds each chunk's kernel gradient into one buffer,
+# which XLA updates in place, a slice of this many classes at a time: a
+# chunk's whole `(H, V)` product would be a second kernel-sized temporary
+# (XLA's CPU backend does not fuse a product into the add).
 kernel_gradient_slice = 8192
-kernel_gradient_slices_in_place = True
 
 
 def sum_across_replicas(x):
@@ -48,6 +47,12 @@ def sum_across_replicas(x):
 def eager_under_torch_compile(function):
     """`function` as it is: only PyTorch compiles the Python that a step
     calls."""
+    return function
+
+
+def compile_chunk_loop(function):
+    """The fused projection loss's chunk loop as it is: the caller's `jit`
+    compiles it with XLA."""
     return function
 
 

@@ -31,14 +31,11 @@ fused_sparse_as_softmax_loss = None
 # Nor of the fused projection's chunks (`keras_as_softmax.linear_as_softmax`).
 add_chunk_gradients = chunk_as_softmax = chunk_logits = scale_held_gradients = None
 
-# The fused projection accumulates the kernel's gradient in slices of this
-# many classes: the graph executor writes each chunk's product to a buffer
-# of its own, which for the whole kernel would be a second kernel-sized
-# temporary (and its add a second pass over it). The slices are tensors of
-# their own, joined once at the end: the graph executor would copy one
-# buffer to update a slice of it.
+# The fused projection adds each chunk's kernel gradient into one buffer,
+# which XLA (`compile_chunk_loop`) updates in place, a slice of this many
+# classes at a time: a chunk's whole `(H, V)` product would be a second
+# kernel-sized temporary.
 kernel_gradient_slice = 8192
-kernel_gradient_slices_in_place = False
 
 
 def sum_across_replicas(x):
@@ -53,6 +50,15 @@ def eager_under_torch_compile(function):
     """`function` as it is: only PyTorch compiles the Python that a step
     calls."""
     return function
+
+
+def compile_chunk_loop(function):
+    """The fused projection loss's chunk loop compiled with XLA, also in
+    graph mode and eagerly: the graph executor runs a chunk's elementwise
+    work one operation at a time, each writing a chunk-sized buffer, and
+    copies a buffer to update a slice of it; XLA fuses the one and does
+    the other in place."""
+    return tf.function(function, jit_compile=True)
 
 
 def sequential_while_loop(cond, body, loop_vars):

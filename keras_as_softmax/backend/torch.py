@@ -259,6 +259,13 @@ def eager_under_torch_compile(function):
 sequential_while_loop = keras.ops.while_loop
 
 
+def compile_chunk_loop(function):
+    """The fused projection loss's chunk loop as it is: it runs eagerly,
+    with the chunk kernels below, also under `torch.compile` (its caller
+    is `eager_under_torch_compile`)."""
+    return function
+
+
 # The chunk computations of the AS loss fused with the output projection
 # (`keras_as_softmax.linear_as_softmax`), as its `keras.ops` form computes
 # them, in place for speed only: eager PyTorch allocates a buffer of the
@@ -269,7 +276,6 @@ sequential_while_loop = keras.ops.while_loop
 
 # `add_chunk_gradients` adds a chunk's kernel gradient in place: one slice.
 kernel_gradient_slice = None
-kernel_gradient_slices_in_place = True
 
 
 def chunk_logits(rows, kernel, bias, transposed_kernel):
@@ -318,17 +324,15 @@ def add_chunk_gradients(
     gradients, start, rows, target_index, kept, kept_sum, weights, kernel,
     transposed_kernel,
 ):
-    """`gradients` `(hidden rows, (kernel,), bias)` plus, added in place,
+    """`gradients` `(hidden rows, kernel, bias)` plus, added in place,
     those of `sum(weights * losses)` over the chunk of `rows` from row
     `start`, whose kept classes are `kept` (overwritten: it becomes the
     gradient of the logits) summing to `kept_sum`. None where the rows'
-    dtype is not the gradients', or the kernel's gradient comes in more
-    than one slice.
+    dtype is not the gradients'.
     """
-    grad_hidden, kernel_slices, grad_bias = gradients
-    if len(kernel_slices) != 1 or rows.dtype != kernel_slices[0].dtype:
+    grad_hidden, grad_kernel, grad_bias = gradients
+    if rows.dtype != grad_kernel.dtype:
         return None
-    (grad_kernel,) = kernel_slices
     weights = weights.unsqueeze(-1)
     grad_logits = kept.mul_(weights / kept_sum)
     grad_logits.scatter_add_(-1, target_index.long(), -weights)
