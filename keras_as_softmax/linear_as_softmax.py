@@ -10,9 +10,13 @@ and, from those numbers, the classes the forward pass kept.
 A row that AS-Softmax masks (or that is ignored) has exactly zero gradient,
 so the backward pass leaves it out: it gathers the rows that need a gradient
 and runs only as many chunks as they fill. Written in `keras.ops`, the same
-on every backend, compiled or eager; PyTorch computes each chunk with
-kernels of its own (`keras_as_softmax.backend.torch`), for speed only, and
-runs the chunk loop eagerly under `torch.compile` too.
+on every backend, compiled or eager. The passes over the chunks run as
+`keras_as_softmax.backend.compile_chunk_loop` says: compiled with XLA on
+TensorFlow, also in graph mode and eagerly (the graph executor would run
+each chunk's elementwise work one operation at a time); within the
+caller's `jit` on JAX; eagerly on PyTorch, also under `torch.compile`,
+with chunk kernels of its own (`keras_as_softmax.backend.torch`), for
+speed only.
 """
 
 import keras
