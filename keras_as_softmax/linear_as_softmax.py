@@ -475,8 +475,8 @@ def _forward_chunks(
 ):
     """The forward pass of `_chunked_losses` over every chunk: per row,
     `(losses, masked, statistics)`; with `coefficients`, `(losses, masked,
-    gradients)`, the gradients `(hidden, kernel, bias)` of `sum(coefficients
-    * losses)` (bias's None without a bias)."""
+    gradients)`, the gradients `(hidden, kernel)` of `sum(coefficients *
+    losses)`, and the bias's with a bias."""
     projection = _Projection(
         hidden, targets, kernel, bias, delta, chunk_size, slice_size, transposed_kernel
     )
@@ -549,8 +549,8 @@ def _backward_chunks(
     slice_size, transposed_kernel,
 ):
     """The backward pass of `_chunked_losses`: the gradients `(hidden,
-    kernel, bias)` of `sum(weights * losses)` over the rows where `needs`,
-    from the forward pass's `statistics`."""
+    kernel)` (and the bias's, with a bias) of `sum(weights * losses)` over
+    the rows where `needs`, from the forward pass's `statistics`."""
     projection = _Projection(
         hidden, targets, kernel, bias, delta, chunk_size, slice_size, transposed_kernel
     )
@@ -637,12 +637,18 @@ class _Projection:
 
     def zero_gradients(self):
         """Zeros for the gradients of the padded hidden rows, the kernel and
-        the bias, float32 (float64 for float64 inputs)."""
-        return (
+        the bias (none without a bias), float32 (float64 for float64
+        inputs)."""
+        gradients = (
             ops.zeros(ops.shape(self.hidden), self.dtype),
             ops.zeros(self.kernel.shape, self.dtype),
-            ops.zeros(self.classes.shape, self.dtype),
         )
+        if self.bias is None:
+            # No bias gradient: XLA kept the unused column sum of each
+            # chunk's logit gradients inside the forward pass's conditional,
+            # where on CPU it took about as long as a product.
+            return gradients
+        return gradients + (ops.zeros(self.classes.shape, self.dtype),)
 
     def add_gradients(
         self, gradients, start, rows, target_index, kept, kept_sum, weights
@@ -658,7 +664,7 @@ class _Projection:
             )
             if fused is not None:
                 return fused
-        grad_hidden, grad_kernel, grad_bias = gradients
+        grad_hidden, grad_kernel, *grad_bias = gradients
         weights = ops.expand_dims(weights, -1)
         grad_logits = kept * (weights / kept_sum)
         grad_logits = ops.where(
@@ -676,7 +682,7 @@ class _Projection:
         return (
             ops.slice_update(grad_hidden, (start, 0), ops.cast(chunk_hidden, dtype)),
             self._add_kernel_gradient(grad_kernel, rows, grad_rows),
-            grad_bias + ops.sum(grad_logits, axis=0),
+            *(grad + ops.sum(grad_logits, axis=0) for grad in grad_bias),
         )
 
     def _kernel_product(self, rows, grad_rows, first, size):
@@ -746,17 +752,14 @@ class _Projection:
                 gradients, start, rows, target_index, kept, kept_sum, weights
             )
 
-        grad_hidden, grad_kernel, grad_bias = gradients
-        _, (sorted_grad_hidden, grad_kernel, grad_bias) = sequential_while_loop(
+        grad_hidden, *others = gradients
+        _, (sorted_grad_hidden, *others) = sequential_while_loop(
             lambda index, *_: index < num_chunks,
             backward_chunk,
-            (
-                ops.convert_to_tensor(0, "int32"),
-                (ops.zeros_like(grad_hidden), grad_kernel, grad_bias),
-            ),
+            (ops.convert_to_tensor(0, "int32"), (ops.zeros_like(grad_hidden), *others)),
         )
         # The row gradients back in the rows' order, without the padding.
         grad_hidden = grad_hidden + ops.take(
             sorted_grad_hidden, ops.argsort(order), axis=0
         )
-        return grad_hidden[: self.num_rows], grad_kernel, grad_bias
+        return (grad_hidden[: self.num_rows], *others)

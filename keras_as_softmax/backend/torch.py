@@ -324,13 +324,13 @@ def add_chunk_gradients(
     gradients, start, rows, target_index, kept, kept_sum, weights, kernel,
     transposed_kernel,
 ):
-    """`gradients` `(hidden rows, kernel, bias)` plus, added in place,
-    those of `sum(weights * losses)` over the chunk of `rows` from row
-    `start`, whose kept classes are `kept` (overwritten: it becomes the
-    gradient of the logits) summing to `kept_sum`. None where the rows'
-    dtype is not the gradients'.
+    """`gradients` `(hidden rows, kernel)` (and the bias's, with a bias)
+    plus, added in place, those of `sum(weights * losses)` over the chunk of
+    `rows` from row `start`, whose kept classes are `kept` (overwritten: it
+    becomes the gradient of the logits) summing to `kept_sum`. None where
+    the rows' dtype is not the gradients'.
     """
-    grad_hidden, grad_kernel, grad_bias = gradients
+    grad_hidden, grad_kernel, *grad_bias = gradients
     if rows.dtype != grad_kernel.dtype:
         return None
     weights = weights.unsqueeze(-1)
@@ -344,7 +344,8 @@ def add_chunk_gradients(
         grad_kernel.addmm_(rows.T, grad_logits)
     start = int(start)
     grad_hidden[start : start + rows.shape[0]] = chunk_hidden
-    grad_bias.add_(grad_logits.sum(0))
+    for grad in grad_bias:
+        grad.add_(grad_logits.sum(0))
     return gradients
 
 
