@@ -233,18 +233,22 @@ def _loss_route_inputs():
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum", "mean_with_sample_weight"])
-def test_loss_class_gradients_match_reference(reduction, jit):
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_loss_class_gradients_match_reference(reduction, jit, with_bias):
     hidden, kernel, bias, targets, weights, ignore_class = _loss_route_inputs()
+    if not with_bias:
+        bias = None
 
-    def fused(hidden, kernel, bias):
+    def fused(hidden, kernel, *bias):
         loss_fn = LinearSparseASSoftmaxCrossentropy(
-            kernel, bias=bias, delta=0.1, ignore_class=ignore_class, chunk_size=CHUNK,
-            reduction=reduction,
+            kernel, bias=bias[0] if bias else None, delta=0.1,
+            ignore_class=ignore_class, chunk_size=CHUNK, reduction=reduction,
         )
         # An upstream gradient of 2.5 scales the gradients of the forward pass.
         return 2.5 * loss_fn(targets, hidden, weights)
 
-    value, grads = value_and_grads(fused, (hidden, kernel, bias), jit)
+    inputs = (hidden, kernel) + (() if bias is None else (bias,))
+    value, grads = value_and_grads(fused, inputs, jit)
     counted = weights * (targets != ignore_class)
     divisor = {
         "sum": 1.0,
