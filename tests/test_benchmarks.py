@@ -54,19 +54,18 @@ def test_as_speed_quick(tmp_path):
     pytest.importorskip("matplotlib", reason="benchmarks need the [examples] extra")
 
     backend = keras.backend.backend()
-    # Threshold 0: every epoch after the first counts, so the second table
-    # has numbers.
+    # The rows the main job does not have (its quick run is tested in
+    # test_examples), and those the masked tables compare. Threshold 0:
+    # every epoch after the first counts, so those tables have numbers.
+    methods = ["softmax CE", "AS-Softmax", "AS-Speed + skipping", "AS-Speed + pruning",
+               "AS-Speed + pruning + skipping", "AS-Softmax + pruning + skipping"]
     output = run_quick("as_speed", "--dataset", "digits", "--steady-masked", "0",
+                       "--methods", ",".join(methods[1:]),
                        "--plot", str(tmp_path / "plot.png"))
     rows = markdown_rows(output, "method")
     # With pruning rows the plot has a third row of panels (1200 pixels high).
     with open(tmp_path / "plot.png", "rb") as png:
         assert int.from_bytes(png.read(24)[20:24], "big") == 1200
-    methods = ["softmax CE", "AS-Softmax", "AS-Speed", "AS-Softmax + skipping",
-               "AS-Speed + skipping", "AS-Speed + auto skipping",
-               "AS-Speed + buffer skipping", "AS-Speed + pruning",
-               "AS-Speed + pruning + skipping", "AS-Softmax + pruning",
-               "AS-Softmax + pruning + skipping"]
     assert list(rows) == methods
     assert "target: 99.5% of softmax CE's best val_accuracy in the same seed" in output
     steps = 2 * 13  # Two epochs of 400 digits in batches of 32.
@@ -130,7 +129,8 @@ def test_as_speed_quick(tmp_path):
     assert (
         f"reproduce: python -m benchmarks.as_speed --backend {backend} --dataset digits "
         "--quick --batch-size 32 --delta 0.1 --max-accumulation-steps 2 "
-        "--steady-masked 0.0" in output
+        f"--steady-masked 0.0 --prune-masked 0.5 --methods '{','.join(methods[1:])}'"
+        in output
     )
 
 
@@ -182,15 +182,16 @@ def test_loss_cost_quick():
 
 @pytest.mark.slow
 def test_large_vocabulary_quick():
-    output = run_quick("large_vocabulary")
+    # Two of the cases (each compiles its three losses): delta 1, then delta
+    # 0.1 with 75 % of the rows confident; `--cases` says so in the command.
+    output = run_quick("large_vocabulary", "--cases", "1.0/0.0", "0.1/0.75")
     rows = [line.strip("|").split("|") for line in output.splitlines()
             if line.startswith("| 512 ")]
     time_rows, (memory_row,) = rows[:-1], rows[-1:]
-    # delta 1, then delta 0.1 at 0, 50, 75 and 90 % of the rows confident:
-    # the loss masks them (counted on every 8th row).
-    assert [row[1].strip() for row in time_rows] == ["1.0", "0.1", "0.1", "0.1", "0.1"]
-    masked = [float(row[2]) for row in time_rows]
-    assert masked == pytest.approx([0.0, 0.0, 0.5, 0.75, 0.9], abs=0.05)
+    # The loss masks the confident rows (counted on every 8th row).
+    assert [(row[1].strip(), float(row[2])) for row in time_rows] == [
+        ("1.0", 0.0), ("0.1", pytest.approx(0.75, abs=0.05))
+    ]
     for row in time_rows:
         # Unfused, fused (the function), fused Loss; the two ratios.
         times = [float(row[i].split()[0]) for i in (3, 4, 5)]
@@ -205,13 +206,6 @@ def test_large_vocabulary_quick():
         f"reproduce: python -m benchmarks.large_vocabulary --backend "
         f"{keras.backend.backend()} --vocabularies 512 --tokens 256" in output
     )
-    # --cases runs a subset, and says so in the command it prints.
-    output = run_quick("large_vocabulary", "--cases", "1.0/0.0", "0.1/0.75")
-    rows = [line.strip("|").split("|") for line in output.splitlines()
-            if line.startswith("| 512 ")]
-    assert [(row[1].strip(), float(row[2])) for row in rows[:-1]] == [
-        ("1.0", 0.0), ("0.1", pytest.approx(0.75, abs=0.05))
-    ]
     assert "--repeats 1 --cases 1.0/0.0 0.1/0.75" in output
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.large_vocabulary", "--quick", "--cases", "0.2/0.1"],

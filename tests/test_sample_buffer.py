@@ -8,6 +8,8 @@ same loss, which samples need a gradient from the float64 NumPy reference,
 and one `train_on_batch` per stretch.
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -162,6 +164,20 @@ CASES = {
 }
 
 
+@functools.lru_cache
+def stretch_reference(case):
+    """`StretchTrainer`'s final weights and updates for a case: the same for
+    the compiled and the eager step, so computed once."""
+    layers, loss, optimizer, data, epochs, max_batches = CASES[case]
+    x, y, weights = data()
+    keras.utils.set_random_seed(0)
+    plain = keras.Sequential(layers())
+    plain.compile(optimizer=optimizer(), loss=loss())
+    stretches = StretchTrainer(plain, loss(), max_batches)
+    stretches.fit(x, y, weights, epochs)
+    return plain.get_weights(), stretches.updates
+
+
 @JIT
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_update_is_as_softmax_on_its_stretch(case, jit_compile):
@@ -184,20 +200,15 @@ def test_each_update_is_as_softmax_on_its_stretch(case, jit_compile):
         callbacks=[recorder],
     )
 
-    keras.utils.set_random_seed(0)
-    plain = keras.Sequential(layers())
-    plain.compile(optimizer=optimizer(), loss=loss(), run_eagerly=True)
-    stretches = StretchTrainer(plain, loss(), max_batches)
-    stretches.fit(x, y, weights, epochs)
-
-    for actual, expected in zip(model.get_weights(), plain.get_weights()):
+    expected_weights, updates = stretch_reference(case)
+    for actual, expected in zip(model.get_weights(), expected_weights):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
-    assert int(model.optimizer.iterations.numpy()) == len(stretches.updates)
-    assert history.history["optimizer_updates"][-1] == len(stretches.updates)
+    assert int(model.optimizer.iterations.numpy()) == len(updates)
+    assert history.history["optimizer_updates"][-1] == len(updates)
     # The run met every kind of stretch: one that completes within a batch
     # (its batch's rest judged again), one gathered over several batches,
     # one closed by the window limit, and the last one, padded.
-    samples, needed, batches, within = zip(*stretches.updates)
+    samples, needed, batches, within = zip(*updates)
     assert any(within)
     assert max(batches) > 1
     assert any(n < BATCH_SIZE and b == max_batches for n, b in zip(needed[:-1], batches))
