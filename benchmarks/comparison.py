@@ -407,8 +407,9 @@ def parser(description, epochs, batch_size, delta=0.1, seeds=3):
                         f"1.5-entmax and top-k softmax (k = {TOP_K}, at most half "
                         "the classes; single-label)")
     parser.add_argument("--plot", help="PNG path (default: <example>.png here)")
-    # The main job and `benchmarks.as_speed` compare every skipping setting.
-    parser.set_defaults(skipping_settings=False)
+    # The main job and `benchmarks.as_speed` compare every skipping setting;
+    # the main job leaves some out unless `--methods` names them.
+    parser.set_defaults(skipping_settings=False, left_out=())
     parser.add_argument("--quick", action="store_true",
                         help="a tiny slice, 1 seed, 2 epochs: a smoke test for CPU")
     parser.add_argument("--train-size", type=int,
@@ -449,6 +450,8 @@ def prepare(task, args):
         # The reference sets the target; AS-Softmax is the speedups' base.
         methods = [m for m in methods
                    if m.reference or m.name in wanted | {tables.AS_SOFTMAX}]
+    else:
+        methods = [m for m in methods if m.name not in args.left_out]
     print(
         f"{task.title}: {len(task.train[1])} training / {len(task.validation[1])} "
         f"validation samples; backend {keras.backend.backend()} on "

@@ -732,9 +732,14 @@ class _ApplyOpenWindow(keras.callbacks.Callback):
     counts that update, and `use_ema` and restored best weights come after
     it). A `fit` that raises leaves the window open in the saved state, for
     `BackupAndRestore` to resume.
+
+    With `skip_masked="auto"` it also drops the timing of each epoch's last
+    step: until the next step starts, validation and callbacks run.
     """
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.model.skipping_costs is not None:
+            self.model.skipping_costs.reset()
         if epoch + 1 == self.params["epochs"] or self.model.stop_training:
             self.model.apply_accumulated_gradients()
             if logs is not None and "optimizer_updates" in logs:

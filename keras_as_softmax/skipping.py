@@ -14,12 +14,14 @@ A step that runs eagerly (PyTorch, `run_eagerly=True`) takes exactly the
 samples that need a backward pass. A compiled step needs static shapes: it
 takes the smallest sub-batch of a fixed ladder of sizes `B, B/2, ..., B/32`
 that holds them (padded with masked samples), and `PassChooser` chooses that
-size on the host, between one compiled step per size.
+size on the host, between one compiled step per size. With
+`skip_masked="auto"` a size is compiled only once the time it would have
+saved pays for its compilation; until then a larger compiled size, which
+holds the samples too, stands in for it.
 """
 
+import statistics
 import time
-
-import numpy as np
 from keras import ops
 from keras import tree
 
@@ -243,6 +245,13 @@ class SkippingCosts:
     first run of each pass (its compilation) and the step before a `reset`
     are not counted.
 
+    A compiled step (`PassChooser`) also weighs compilations (`pays_to_compile`):
+    a size not compiled yet is compiled once the time it would have saved,
+    since the last compilation, over the larger compiled size that stands in
+    for it reaches what a compilation has taken (the first runs of the
+    compiled steps), as in ski rental: at most twice the cost of the better
+    choice in hindsight.
+
     Args:
         clock: `clock() -> seconds`; by default `time.perf_counter`.
 
@@ -265,32 +274,79 @@ class SkippingCosts:
         self._measured_at = {}  # Pass: the step of its last time.
         self._runs = set()
         self._step = 0
+        self._compile_seconds = []  # First runs of steps that compiled.
+        self._savings = {}  # Pass not compiled: the time it would have saved.
         self.reset()
 
     def reset(self):
         """Forgets the step in flight (e.g. when `fit` starts)."""
         self._started = None
         self._key = None
+        self._compiled_now = False
 
     @backend.eager_under_torch_compile
     def begin_step(self):
         """Called when a step starts: times the step before it."""
         now = self._clock()
-        if self._key is not None and self._key in self._runs:
+        if self._compiled_now:
+            self._compile_seconds.append(now - self._started)
+        elif self._key is not None and self._key in self._runs:
             times = self._seconds.setdefault(self._key, [])
             times[:] = [*times[-(self.SAMPLES - 1) :], now - self._started]
             self._measured_at[self._key] = self._step
         if self._key is not None:
             self._runs.add(self._key)
-        self._started, self._key = now, None
+        self._started, self._key, self._compiled_now = now, None, False
         self._step += 1
 
     @backend.eager_under_torch_compile
-    def ran(self, key):
+    def ran(self, key, compiled=False):
         """Says which pass this step ran: 0 the whole batch without a
         selection pass, else `1 + ladder_index` of the selection's sub-batch
-        (`1` a selection pass then the whole batch)."""
-        self._key = key
+        (`1` a selection pass then the whole batch); `compiled` when it
+        compiled its step (its time then measures a compilation)."""
+        self._key, self._compiled_now = key, compiled
+        if compiled:
+            self._savings.clear()  # Against the stand-ins before it.
+
+    def pays_to_compile(self, key, stand_in):
+        """Whether this step may compile pass `key` rather than run the
+        compiled pass `stand_in` (a larger sub-batch) or the whole batch in
+        its place: once the time `key` would have saved over the cheaper of
+        the two, summed over the steps whose samples it would have held
+        since the last compilation, reaches the median compilation.
+
+        `key`'s time is estimated from the rows: linear between the
+        selection pass alone and `stand_in`, whose sizes halve with each key.
+
+        Example:
+
+        >>> costs = SkippingCosts(clock=iter([0.0, 2.0, 2.5, 3.0, 3.5]).__next__)
+        >>> costs.begin_step(); costs.ran(3, compiled=True)  # Compiles in 2 s.
+        >>> for _ in range(3):   # Then runs in 0.5 s.
+        ...     costs.begin_step(); costs.ran(3)
+        >>> costs.begin_step()
+        >>> [costs.pays_to_compile(5, 3) for _ in range(6)]   # 0.375 s a step.
+        [False, False, False, False, False, True]
+        """
+        if stand_in not in self._seconds or not self._compile_seconds:
+            return not self._compile_seconds
+        selection = self._selection_seconds()
+        ratio = _rows_share(key) / _rows_share(stand_in)
+        estimate = selection + (self._median(stand_in) - selection) * ratio
+        instead = min(self._median(k) for k in (stand_in, 0) if k in self._seconds)
+        self._savings[key] = self._savings.get(key, 0.0) + max(instead - estimate, 0.0)
+        return self._savings[key] >= statistics.median(self._compile_seconds)
+
+    def _selection_seconds(self):
+        # The selection pass alone (nothing to train), or its share of a
+        # selection pass then the whole batch; 0 until one is measured.
+        nothing = LADDER_DEPTH + 2
+        if nothing in self._seconds:
+            return self._median(nothing)
+        if 0 in self._seconds and 1 in self._seconds:
+            return max(self._median(1) - self._median(0), 0.0)
+        return 0.0
 
     def skips(self, predicted):
         """Whether this step runs the selection pass, `predicted` the pass
@@ -311,7 +367,14 @@ class SkippingCosts:
         return steps * self._median(chosen) * self.EXPLORATION_SHARE >= extra
 
     def _median(self, key):
-        return float(np.median(self._seconds[key]))
+        # Not NumPy's: a step calls this several times, and `np.median`
+        # costs about 40 us, `statistics.median` 1 us here.
+        return statistics.median(self._seconds[key])
+
+
+def _rows_share(key):
+    """The share of the batch that a selection pass `key` trains, about."""
+    return 0.0 if key == LADDER_DEPTH + 2 else 2.0 ** (1 - key)
 
 
 class PassChooser:
@@ -325,6 +388,8 @@ class PassChooser:
     host synchronisation per step: the selection's counts when the step runs
     one, else the whole-batch step's count of samples that needed a backward
     pass; either decides whether the next step runs a selection pass.
+
+    Called as `chooser(*args)`, with the compiled functions' arguments.
 
     Args:
         select: `select(*args) -> (needs, selection_pred, counts)`, the
@@ -341,14 +406,19 @@ class PassChooser:
             the first step since `reset`), else from a whole-batch step's
             `outputs`.
         costs: A `SkippingCosts` for `skip_masked="auto"`, else None.
+        batch_size: `batch_size(args)`, the size of the batch in `args` (a
+            step compiles again for a new one); by default the first
+            dimension of the last argument's first tensor.
     """
 
-    def __init__(self, select, compile_step, read_counts, costs=None):
+    def __init__(self, select, compile_step, read_counts, costs=None, batch_size=None):
         self._select = select
         self._compile_step = compile_step
         self._read_counts = read_counts
         self._costs = costs
+        self._batch_size = batch_size or (lambda args: tree.flatten(args[-1])[0].shape[0])
         self._steps = {}
+        self._traced = set()  # (branch, batch size): a step compiled for it.
         self.reset()
 
     def reset(self):
@@ -364,20 +434,51 @@ class PassChooser:
         if self._last_counts is None:
             self._last_counts = self._fetch(self._read_counts(args, None)).tolist()
         selection, branch = None, 0
-        selected = selects(*self._last_counts, self._costs)
+        batch_size = self._batch_size(args)
+        selected, planned = selects(*self._last_counts), None
+        if selected and self._costs is not None:
+            planned = self._planned_branch(ladder_index(*self._last_counts), batch_size)
+            selected = self._costs.skips(1 + planned)
         if selected:
             needs, selection_pred, counts = self._select(*args)
             branch, *self._last_counts = self._fetch(counts).tolist()
+            if self._costs is not None:
+                branch = self._stand_in(branch, batch_size, planned)
             if branch > 0:
                 selection = (needs, selection_pred)
-        if self._costs is not None:
-            self._costs.ran(1 + branch if selected else 0)
         if branch not in self._steps:
             self._steps[branch] = self._compile_step(branch)
+        compiles = (branch, batch_size) not in self._traced
+        self._traced.add((branch, batch_size))
+        if self._costs is not None:
+            self._costs.ran(1 + branch if selected else 0, compiled=compiles)
         outputs = self._steps[branch](*args, selection)
         if not selected:
             self._last_counts = self._fetch(self._read_counts(args, outputs)).tolist()
         return outputs
+
+    def _stand_in(self, branch, batch_size, planned=None):
+        """`branch` once compiled for `batch_size` (a step compiles again for
+        a new shape, e.g. an epoch's last batch), else the smallest size,
+        compiled or `planned`, that holds its samples; `branch` when none
+        does."""
+        sizes = [size for size, batch in self._traced if batch == batch_size]
+        sizes += [] if planned is None else [planned]
+        return max((size for size in sizes if size <= branch), default=branch)
+
+    def _planned_branch(self, branch, batch_size):
+        """With `costs`: the size this step runs (before its selection pass
+        says which samples need it): `branch` when compiled, else the
+        smallest size whose compilation `costs` finds paid for (any that
+        holds `branch`'s samples serves it), else the compiled stand-in.
+        (Without `costs` each size compiles when needed.)"""
+        stand_in = self._stand_in(branch, batch_size)
+        paid = [
+            size
+            for size in range(stand_in + 1, branch + 1)
+            if self._costs.pays_to_compile(1 + size, 1 + stand_in)
+        ]
+        return max(paid, default=stand_in)
 
     @staticmethod
     def _fetch(values):

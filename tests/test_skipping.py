@@ -17,6 +17,7 @@ from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import sparse_as_softmax_mask
 from keras_as_softmax.skipping import PassChooser
 from keras_as_softmax.skipping import SkippingCosts
+from keras_as_softmax.skipping import ladder_index
 from keras_as_softmax.skipping import needs_backward
 from tests import reference
 from tests.helpers import BatchLogs
@@ -319,16 +320,23 @@ def test_settings_are_saved_and_checked(tmp_path, skip):
 
 class ScriptedCosts(SkippingCosts):
     """`SkippingCosts` on a clock that advances by `seconds(key)` for each
-    step, `key` the pass the step ran."""
+    step, `key` the pass the step ran, plus `compile_seconds` for a step
+    that compiled; `keys` lists the passes that ran."""
 
-    def __init__(self, seconds):
-        self.now, self.seconds = 0.0, seconds
+    def __init__(self, seconds, compile_seconds=0.0):
+        self.now, self.seconds, self.compile_seconds = 0.0, seconds, compile_seconds
+        self.keys = []
         super().__init__(clock=lambda: self.now)
 
     def begin_step(self):
         if self._key is not None:
             self.now += self.seconds(self._key)
+            self.now += self.compile_seconds if self._compiled_now else 0.0
         super().begin_step()
+
+    def ran(self, key, compiled=False):
+        self.keys.append(key)
+        super().ran(key, compiled)
 
 
 def run_scripted(costs, pattern):
@@ -361,6 +369,56 @@ def test_auto_rule_with_scripted_costs():
         cheaper = min(costs(0), costs(5)) * len(ran[4:])
         assert spent <= cheaper * (1 + SkippingCosts.EXPLORATION_SHARE) + max(costs(0), costs(5))
     assert run_scripted(lambda key: 1.0 if key == 0 else 1.05, [5] * 1000)[4:].count(5) > 100
+
+
+def run_pass_chooser(needed_per_step, costs, batch_size=64):
+    """`PassChooser` over scripted selection counts, without a model: the
+    keys of the passes that ran."""
+
+    def select(batch):
+        needed = needed_per_step[batch[0]]
+        return None, None, np.array([ladder_index(needed, batch_size), needed, batch_size])
+
+    chooser = PassChooser(
+        select,
+        lambda branch: lambda batch, selection: batch[0],
+        lambda args, step: np.array(
+            [batch_size if step is None else needed_per_step[step], batch_size]
+        ),
+        costs,
+    )
+    for step in range(len(needed_per_step)):
+        chooser(np.full(batch_size, step))  # A batch: its step's number.
+    return costs.keys
+
+
+def test_auto_compiles_a_size_once_it_pays():
+    # The whole batch costs 1 s, the selection pass alone 0.3 s, a selection
+    # pass then the sub-batch of `key` 0.3 s plus its share of 1 s; every
+    # compilation 20 s. After 10 full batches, each batch needs 5 samples
+    # (key 4: 8 rows of 64), which would save 0.575 s a step.
+    seconds = lambda key: 1.0 if key == 0 else 0.3 + 2.0 ** (1 - key)  # noqa: E731
+    share = 0.575
+    assert seconds(0) - seconds(4) == pytest.approx(share)
+    for stretch in (20, 40, 400):
+        costs = ScriptedCosts(seconds, compile_seconds=20.0)
+        keys = run_pass_chooser([64] * 10 + [5] * stretch, costs)
+        if 4 not in keys:
+            # Not compiled while what it would have saved is below 20 s.
+            assert stretch * share < 20.0
+            continue
+        # Compiled once what it would have saved reached one compilation (the
+        # whole batch's first step: 20 s and its own), counted from when the
+        # pass that stands in for it (a selection pass then the whole batch)
+        # was measured (2 steps: the first one is not counted).
+        waited = keys.index(4) - 10
+        assert 20.0 <= (waited - 2) * share <= 20.0 + seconds(0) + share, waited
+        # Ski rental: at most twice the better of the two choices in hindsight
+        # (compile at once, or never), exploration steps aside.
+        spent = sum(seconds(key) for key in keys[10:]) + 20.0
+        best = min(20.0 + stretch * seconds(4), stretch * seconds(0))
+        assert spent <= 2 * best
+    assert stretch * share > 20.0 and keys[-5:] == [4] * 5
 
 
 @pytest.mark.slow

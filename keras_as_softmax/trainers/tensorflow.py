@@ -47,25 +47,32 @@ class AdaptiveTrainer:
             needs, selection_pred, counts = strategy.run(self._select, args=(data,))
             return needs, selection_pred, _over_replicas(strategy, counts)
 
+        accumulator = self.gradient_accumulator
+
         def compile_step(branch):
             def step(data, selection):
                 outputs = strategy.run(
                     functools.partial(self._train_step, branch=branch),
                     args=(data, selection),
                 )
-                return reduce_per_replica(outputs, strategy)
+                # The counts for the next step's choice, read in the step: on
+                # the host each read is an eager op.
+                return reduce_per_replica(outputs, strategy), tf.stack(accumulator.last_counts())
 
             return self._compiled(step)
 
-        accumulator = self.gradient_accumulator
         self._pass_chooser = PassChooser(
             self._compiled(select),
             compile_step,
-            lambda args, outputs: accumulator.last_counts(),
+            lambda args, outputs: accumulator.last_counts() if outputs is None else outputs[1],
             self.skipping_costs,
+            # Under a strategy the batch is distributed: its first replica's.
+            lambda args: strategy.experimental_local_results(tree.flatten(args[0])[0])[
+                0
+            ].shape[0],
         )
 
-        self.train_function = self._host_loop(self._pass_chooser)
+        self.train_function = self._host_loop(lambda data: self._pass_chooser(data)[0])
         return self.train_function
 
     def _compiled(self, function):
