@@ -22,6 +22,7 @@ holds the samples too, stands in for it.
 
 import statistics
 import time
+
 from keras import ops
 from keras import tree
 

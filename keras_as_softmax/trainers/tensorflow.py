@@ -61,15 +61,17 @@ class AdaptiveTrainer:
 
             return self._compiled(step)
 
+        def batch_size(args):
+            # Under a strategy the batch is distributed: its first replica's.
+            first = tree.flatten(args[0])[0]
+            return strategy.experimental_local_results(first)[0].shape[0]
+
         self._pass_chooser = PassChooser(
             self._compiled(select),
             compile_step,
             lambda args, outputs: accumulator.last_counts() if outputs is None else outputs[1],
             self.skipping_costs,
-            # Under a strategy the batch is distributed: its first replica's.
-            lambda args: strategy.experimental_local_results(tree.flatten(args[0])[0])[
-                0
-            ].shape[0],
+            batch_size,
         )
 
         self.train_function = self._host_loop(lambda data: self._pass_chooser(data)[0])
