@@ -733,9 +733,15 @@ class _ApplyOpenWindow(keras.callbacks.Callback):
     it). A `fit` that raises leaves the window open in the saved state, for
     `BackupAndRestore` to resume.
 
-    With `skip_masked="auto"` it also drops the timing of each epoch's last
-    step: until the next step starts, validation and callbacks run.
+    With `skip_masked="auto"` it also tells `SkippingCosts` how many steps
+    are left in `fit`, and drops the timing of each epoch's last step: until
+    the next step starts, validation and callbacks run.
     """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        costs, steps = self.model.skipping_costs, self.params.get("steps")
+        if costs is not None:
+            costs.remaining_steps = steps and (self.params["epochs"] - epoch) * steps
 
     def on_epoch_end(self, epoch, logs=None):
         if self.model.skipping_costs is not None:

@@ -15,9 +15,10 @@ samples that need a backward pass. A compiled step needs static shapes: it
 takes the smallest sub-batch of a fixed ladder of sizes `B, B/2, ..., B/32`
 that holds them (padded with masked samples), and `PassChooser` chooses that
 size on the host, between one compiled step per size. With
-`skip_masked="auto"` a size is compiled only once the time it would have
-saved pays for its compilation; until then a larger compiled size, which
-holds the samples too, stands in for it.
+`skip_masked="auto"` the selection pass and each size are compiled only once
+the time they would have saved pays for their compilation, and would again
+over the rest of `fit`; until then a larger compiled size, which holds the
+samples too, or the whole batch without a selection pass stands in.
 """
 
 import statistics
@@ -36,6 +37,15 @@ LADDER_DEPTH = 5
 # samples needed a backward pass: above it the sub-batch would be the whole
 # batch (the next size of the ladder), and the selection pass pure cost.
 SELECTION_THRESHOLD = 0.5
+# `skip_masked="auto"`: the selection pass's share of a whole-batch training
+# step, assumed until one is measured. The dearest measured (issue 20, a CNN:
+# 0.06 on JAX, 0.30 on TensorFlow with XLA, 0.46 in its graph mode), so that
+# savings are not overestimated before anything is compiled for them.
+SELECTION_SHARE_PRIOR = 0.5
+# The same for the share of a training pass that does not shrink with its
+# rows, until two sizes are measured: 0.3 fits the dearest measured (a pass
+# over B/8 at 0.37 of the whole batch's, TensorFlow's graph mode).
+FIXED_SHARE_PRIOR = 0.3
 
 
 def ladder(batch_size):
@@ -247,14 +257,21 @@ class SkippingCosts:
     are not counted.
 
     A compiled step (`PassChooser`) also weighs compilations (`pays_to_compile`):
-    a size not compiled yet is compiled once the time it would have saved,
-    since the last compilation, over the larger compiled size that stands in
-    for it reaches what a compilation has taken (the first runs of the
-    compiled steps), as in ski rental: at most twice the cost of the better
-    choice in hindsight.
+    a size not compiled yet (with the selection pass, the first time) is
+    compiled once the time it would have saved, since the last compilation,
+    over the larger compiled size that stands in for it (or the whole batch)
+    reaches what its compilations take (the median first run of a compiled
+    step, per compilation), as in ski rental: at most twice the cost of the
+    better choice in hindsight; and only while it would save that again over
+    `remaining_steps`, the steps left in `fit` (so a short `fit` compiles
+    nothing that cannot pay back).
 
     Args:
         clock: `clock() -> seconds`; by default `time.perf_counter`.
+
+    Attributes:
+        remaining_steps: The training steps `fit` has left after the one in
+            flight, or None when unknown (`AdaptiveModel` sets it each epoch).
 
     Example:
 
@@ -275,79 +292,116 @@ class SkippingCosts:
         self._measured_at = {}  # Pass: the step of its last time.
         self._runs = set()
         self._step = 0
-        self._compile_seconds = []  # First runs of steps that compiled.
+        self._compile_seconds = []  # First runs of compiled steps, per compilation.
         self._savings = {}  # Pass not compiled: the time it would have saved.
+        self.remaining_steps = None
         self.reset()
 
     def reset(self):
         """Forgets the step in flight (e.g. when `fit` starts)."""
         self._started = None
         self._key = None
-        self._compiled_now = False
+        self._compilations = 0
 
     @backend.eager_under_torch_compile
     def begin_step(self):
         """Called when a step starts: times the step before it."""
         now = self._clock()
-        if self._compiled_now:
-            self._compile_seconds.append(now - self._started)
+        if self._compilations:
+            self._compile_seconds.append((now - self._started) / self._compilations)
         elif self._key is not None and self._key in self._runs:
             times = self._seconds.setdefault(self._key, [])
             times[:] = [*times[-(self.SAMPLES - 1) :], now - self._started]
             self._measured_at[self._key] = self._step
         if self._key is not None:
             self._runs.add(self._key)
-        self._started, self._key, self._compiled_now = now, None, False
+        self._started, self._key, self._compilations = now, None, 0
         self._step += 1
+        if self.remaining_steps:
+            self.remaining_steps -= 1
 
     @backend.eager_under_torch_compile
-    def ran(self, key, compiled=False):
+    def ran(self, key, compilations=0):
         """Says which pass this step ran: 0 the whole batch without a
         selection pass, else `1 + ladder_index` of the selection's sub-batch
-        (`1` a selection pass then the whole batch); `compiled` when it
-        compiled its step (its time then measures a compilation)."""
-        self._key, self._compiled_now = key, compiled
-        if compiled:
+        (`1` a selection pass then the whole batch); `compilations`: how many
+        compiled functions it compiled (its time then measures them)."""
+        self._key, self._compilations = key, compilations
+        if compilations:
             self._savings.clear()  # Against the stand-ins before it.
 
-    def pays_to_compile(self, key, stand_in):
-        """Whether this step may compile pass `key` rather than run the
-        compiled pass `stand_in` (a larger sub-batch) or the whole batch in
-        its place: once the time `key` would have saved over the cheaper of
-        the two, summed over the steps whose samples it would have held
-        since the last compilation, reaches the median compilation.
+    def pays_to_compile(self, key, stand_in, compilations=1):
+        """Whether this step may compile pass `key` (`compilations` compiled
+        functions) rather than run pass `stand_in` in its place (a larger
+        compiled sub-batch, or 0: the whole batch without a selection pass):
+        once the time `key` would have saved over the cheaper of `stand_in`
+        and the whole batch, summed over the steps whose samples it would
+        have held since the last compilation, reaches what the compilations
+        take, and the time it saves a step, over `remaining_steps`, does too.
 
-        `key`'s time is estimated from the rows: linear between the
-        selection pass alone and `stand_in`, whose sizes halve with each key.
+        `key`'s time is estimated as `stand_in`'s, with the selection pass,
+        less the training time of the rows it leaves out: affine in the rows,
+        through the measured selection passes of the most and the fewest
+        rows. Until they are measured, the selection pass is taken as
+        `SELECTION_SHARE_PRIOR` of the whole batch, and the training pass's
+        part that does not shrink with the rows as `FIXED_SHARE_PRIOR`.
 
         Example:
 
-        >>> costs = SkippingCosts(clock=iter([0.0, 2.0, 2.5, 3.0, 3.5]).__next__)
-        >>> costs.begin_step(); costs.ran(3, compiled=True)  # Compiles in 2 s.
-        >>> for _ in range(3):   # Then runs in 0.5 s.
-        ...     costs.begin_step(); costs.ran(3)
+        >>> costs = SkippingCosts(clock=iter([0.0, 2.0, 3.0, 4.0, 5.0]).__next__)
+        >>> costs.begin_step(); costs.ran(0, compilations=1)  # Compiles in 2 s.
+        >>> for _ in range(3):   # Then runs in 1 s.
+        ...     costs.begin_step(); costs.ran(0)
         >>> costs.begin_step()
-        >>> [costs.pays_to_compile(5, 3) for _ in range(6)]   # 0.375 s a step.
-        [False, False, False, False, False, True]
+        >>> # B/8 (pass 4) would take 0.5 + 0.3 + 0.7 / 8 s: 0.1125 s saved a
+        >>> # step, against a selection pass and a size to compile (4 s).
+        >>> [costs.pays_to_compile(4, 0, compilations=2) for _ in range(36)][-2:]
+        [False, True]
+        >>> costs.remaining_steps = 30   # 3.4 s left to save: less than 4 s.
+        >>> costs.pays_to_compile(4, 0, compilations=2)
+        False
         """
         if stand_in not in self._seconds or not self._compile_seconds:
-            return not self._compile_seconds
+            return False
         selection = self._selection_seconds()
-        ratio = _rows_share(key) / _rows_share(stand_in)
-        estimate = selection + (self._median(stand_in) - selection) * ratio
+        left_out = _rows_share(stand_in) - _rows_share(key)
+        estimate = (
+            self._median(stand_in)
+            + (0.0 if stand_in else selection)
+            - self._seconds_per_share() * left_out
+        )
         instead = min(self._median(k) for k in (stand_in, 0) if k in self._seconds)
-        self._savings[key] = self._savings.get(key, 0.0) + max(instead - estimate, 0.0)
-        return self._savings[key] >= statistics.median(self._compile_seconds)
+        saving = max(instead - estimate, 0.0)
+        self._savings[key] = self._savings.get(key, 0.0) + saving
+        cost = compilations * statistics.median(self._compile_seconds)
+        repays = self.remaining_steps is None or saving * self.remaining_steps >= cost
+        return self._savings[key] >= cost and repays
 
     def _selection_seconds(self):
         # The selection pass alone (nothing to train), or its share of a
-        # selection pass then the whole batch; 0 until one is measured.
+        # selection pass then the whole batch; until one is measured,
+        # `SELECTION_SHARE_PRIOR` of the whole batch (0 until that is).
         nothing = LADDER_DEPTH + 2
         if nothing in self._seconds:
             return self._median(nothing)
         if 0 in self._seconds and 1 in self._seconds:
             return max(self._median(1) - self._median(0), 0.0)
-        return 0.0
+        return SELECTION_SHARE_PRIOR * self._median(0) if 0 in self._seconds else 0.0
+
+    def _seconds_per_share(self):
+        # A training pass's time per share of the batch's rows: the slope
+        # between the measured selection passes (the selection cancels) with
+        # the most and the fewest rows; until two are measured,
+        # `1 - FIXED_SHARE_PRIOR` of the whole batch's time.
+        trained = {
+            _rows_share(key): self._median(key)
+            for key in self._seconds
+            if 0 < key <= LADDER_DEPTH + 1
+        }
+        if len(trained) > 1:
+            most, fewest = max(trained), min(trained)
+            return max((trained[most] - trained[fewest]) / (most - fewest), 0.0)
+        return (1 - FIXED_SHARE_PRIOR) * self._median(0) if 0 in self._seconds else 0.0
 
     def skips(self, predicted):
         """Whether this step runs the selection pass, `predicted` the pass
@@ -374,8 +428,10 @@ class SkippingCosts:
 
 
 def _rows_share(key):
-    """The share of the batch that a selection pass `key` trains, about."""
-    return 0.0 if key == LADDER_DEPTH + 2 else 2.0 ** (1 - key)
+    """The share of the batch that pass `key` trains, about."""
+    if key == LADDER_DEPTH + 2:
+        return 0.0
+    return 1.0 if key == 0 else 2.0 ** (1 - key)
 
 
 class PassChooser:
@@ -420,6 +476,7 @@ class PassChooser:
         self._batch_size = batch_size or (lambda args: tree.flatten(args[-1])[0].shape[0])
         self._steps = {}
         self._traced = set()  # (branch, batch size): a step compiled for it.
+        self._selecting = set()  # Batch sizes the selection pass compiled for.
         self.reset()
 
     def reset(self):
@@ -439,8 +496,11 @@ class PassChooser:
         selected, planned = selects(*self._last_counts), None
         if selected and self._costs is not None:
             planned = self._planned_branch(ladder_index(*self._last_counts), batch_size)
-            selected = self._costs.skips(1 + planned)
+            selected = planned is not None and self._costs.skips(1 + planned)
+        compilations = 0
         if selected:
+            compilations += batch_size not in self._selecting
+            self._selecting.add(batch_size)
             needs, selection_pred, counts = self._select(*args)
             branch, *self._last_counts = self._fetch(counts).tolist()
             if self._costs is not None:
@@ -449,10 +509,10 @@ class PassChooser:
                 selection = (needs, selection_pred)
         if branch not in self._steps:
             self._steps[branch] = self._compile_step(branch)
-        compiles = (branch, batch_size) not in self._traced
+        compilations += (branch, batch_size) not in self._traced
         self._traced.add((branch, batch_size))
         if self._costs is not None:
-            self._costs.ran(1 + branch if selected else 0, compiled=compiles)
+            self._costs.ran(1 + branch if selected else 0, compilations)
         outputs = self._steps[branch](*args, selection)
         if not selected:
             self._last_counts = self._fetch(self._read_counts(args, outputs)).tolist()
@@ -472,7 +532,16 @@ class PassChooser:
         says which samples need it): `branch` when compiled, else the
         smallest size whose compilation `costs` finds paid for (any that
         holds `branch`'s samples serves it), else the compiled stand-in.
-        (Without `costs` each size compiles when needed.)"""
+        Before the selection pass is compiled for `batch_size`, the whole
+        batch without one stands in, and None says to run it. (Without
+        `costs` each size compiles when needed.)"""
+        if batch_size not in self._selecting:
+            paid = [
+                size
+                for size in range(1, branch + 1)
+                if self._costs.pays_to_compile(1 + size, 0, compilations=2)
+            ]
+            return max(paid, default=None)
         stand_in = self._stand_in(branch, batch_size)
         paid = [
             size

@@ -6,6 +6,8 @@ without skipping; the sub-batch sizes are checked against a float64 NumPy
 reference of which samples are masked.
 """
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from keras_as_softmax import AdaptiveSequential
 from keras_as_softmax import MultiLabelASSoftmaxCrossentropy
 from keras_as_softmax import SparseASSoftmaxCrossentropy
 from keras_as_softmax import sparse_as_softmax_mask
+from keras_as_softmax.skipping import FIXED_SHARE_PRIOR
+from keras_as_softmax.skipping import SELECTION_SHARE_PRIOR
 from keras_as_softmax.skipping import PassChooser
 from keras_as_softmax.skipping import SkippingCosts
 from keras_as_softmax.skipping import ladder_index
@@ -320,8 +324,8 @@ def test_settings_are_saved_and_checked(tmp_path, skip):
 
 class ScriptedCosts(SkippingCosts):
     """`SkippingCosts` on a clock that advances by `seconds(key)` for each
-    step, `key` the pass the step ran, plus `compile_seconds` for a step
-    that compiled; `keys` lists the passes that ran."""
+    step, `key` the pass the step ran, or by `compile_seconds` per
+    compilation for a step that compiled; `keys` lists the passes that ran."""
 
     def __init__(self, seconds, compile_seconds=0.0):
         self.now, self.seconds, self.compile_seconds = 0.0, seconds, compile_seconds
@@ -330,13 +334,13 @@ class ScriptedCosts(SkippingCosts):
 
     def begin_step(self):
         if self._key is not None:
-            self.now += self.seconds(self._key)
-            self.now += self.compile_seconds if self._compiled_now else 0.0
+            compiling = self.compile_seconds * self._compilations
+            self.now += compiling if self._compilations else self.seconds(self._key)
         super().begin_step()
 
-    def ran(self, key, compiled=False):
+    def ran(self, key, compilations=0):
         self.keys.append(key)
-        super().ran(key, compiled)
+        super().ran(key, compilations)
 
 
 def run_scripted(costs, pattern):
@@ -393,32 +397,60 @@ def run_pass_chooser(needed_per_step, costs, batch_size=64):
 
 
 def test_auto_compiles_a_size_once_it_pays():
-    # The whole batch costs 1 s, the selection pass alone 0.3 s, a selection
-    # pass then the sub-batch of `key` 0.3 s plus its share of 1 s; every
-    # compilation 20 s. After 10 full batches, each batch needs 5 samples
-    # (key 4: 8 rows of 64), which would save 0.575 s a step.
-    seconds = lambda key: 1.0 if key == 0 else 0.3 + 2.0 ** (1 - key)  # noqa: E731
-    share = 0.575
-    assert seconds(0) - seconds(4) == pytest.approx(share)
-    for stretch in (20, 40, 400):
+    # The whole batch costs 1 s; a selection pass 0.5 s, then a training pass
+    # over `key`'s rows 0.3 s plus 0.7 s times their share of the batch (as
+    # `SELECTION_SHARE_PRIOR` and `FIXED_SHARE_PRIOR` assume until measured);
+    # every compilation 20 s. After 10 full batches, each batch needs 5
+    # samples (key 4: 8 rows of 64): 0.1125 s saved a step, against two
+    # compilations (the selection pass and the size).
+    assert (SELECTION_SHARE_PRIOR, FIXED_SHARE_PRIOR) == (0.5, 0.3)
+    seconds = lambda key: 1.0 if key == 0 else 0.8 + 0.7 * 2.0 ** (1 - key)  # noqa: E731
+    saving, cost = seconds(0) - seconds(4), 2 * 20.0
+    assert saving == pytest.approx(0.1125)
+    for stretch in (100, 400, 2000):
         costs = ScriptedCosts(seconds, compile_seconds=20.0)
         keys = run_pass_chooser([64] * 10 + [5] * stretch, costs)
         if 4 not in keys:
-            # Not compiled while what it would have saved is below 20 s.
-            assert stretch * share < 20.0
+            # Not compiled while what it would have saved is below its cost.
+            assert stretch * saving < cost
             continue
-        # Compiled once what it would have saved reached one compilation (the
-        # whole batch's first step: 20 s and its own), counted from when the
-        # pass that stands in for it (a selection pass then the whole batch)
-        # was measured (2 steps: the first one is not counted).
+        # Compiled (the selection pass with it: no step ran a selection pass
+        # before) once what it would have saved reached the cost, counted
+        # from the step after the first that needed 5 samples.
+        assert set(keys[: keys.index(4)]) == {0}
         waited = keys.index(4) - 10
-        assert 20.0 <= (waited - 2) * share <= 20.0 + seconds(0) + share, waited
+        assert cost <= waited * saving < cost + saving, waited
         # Ski rental: at most twice the better of the two choices in hindsight
         # (compile at once, or never), exploration steps aside.
-        spent = sum(seconds(key) for key in keys[10:]) + 20.0
-        best = min(20.0 + stretch * seconds(4), stretch * seconds(0))
+        spent = sum(seconds(key) for key in keys[10:]) + cost
+        best = min(cost + stretch * seconds(4), stretch * seconds(0))
         assert spent <= 2 * best
-    assert stretch * share > 20.0 and keys[-5:] == [4] * 5
+    assert keys[-5:] == [4] * 5
+    # With the end of `fit` near, it compiles nothing: what it would save
+    # over the steps left no longer repays the cost.
+    for stretch, compiles in ((2000, True), (400, False)):
+        costs = ScriptedCosts(seconds, compile_seconds=20.0)
+        costs.remaining_steps = 10 + stretch
+        keys = run_pass_chooser([64] * 10 + [5] * stretch, costs)
+        assert set(keys) == ({0, 4} if compiles else {0})
+
+
+def test_auto_estimates_a_new_size_from_the_measured_ones():
+    # A selection pass 0.2 s, then a training pass 0.4 s plus 0.6 s times its
+    # rows' share. With B/2 and B/4 measured (keys 2 and 3), B/16 (key 5) is
+    # estimated through them: 0.1125 s a step saved over B/4, against one
+    # compilation of 2 s.
+    seconds = lambda key: 1.0 if key == 0 else 0.6 + 0.6 * 2.0 ** (1 - key)  # noqa: E731
+    costs = ScriptedCosts(seconds, compile_seconds=2.0)
+    steps = [(0, 1), (0, 0), (0, 0), (2, 2), (2, 0), (2, 0), (3, 1), (3, 0), (3, 0)]
+    for key, compilations in steps:  # Each compiling step, then two runs.
+        costs.begin_step()
+        costs.ran(key, compilations)
+    costs.begin_step()
+    saving = seconds(3) - seconds(5)
+    assert saving == pytest.approx(0.1125)
+    paid = [costs.pays_to_compile(5, 3) for _ in range(20)]
+    assert paid.index(True) + 1 == math.ceil(2.0 / saving)
 
 
 @pytest.mark.slow

@@ -74,8 +74,18 @@ class AdaptiveTrainer:
             batch_size,
         )
 
-        self.train_function = self._host_loop(lambda data: self._pass_chooser(data)[0])
+        def step(data):
+            self._build_optimizer()
+            return self._pass_chooser(data)[0]
+
+        self.train_function = self._host_loop(step)
         return self.train_function
+
+    def _build_optimizer(self):
+        # Else a compiled step that updates traces twice: once to create the
+        # optimizer's variables.
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
 
     def _compiled(self, function):
         # As Keras compiles its step: without AutoGraph (the steps branch
@@ -114,9 +124,7 @@ class AdaptiveTrainer:
 
         def step(data):
             self._build_before_branches(keras.utils.unpack_x_y_sample_weight(data)[0])
-            if self.optimizer is not None and not self.optimizer.built:
-                # Else the training pass traces twice: once to create them.
-                self.optimizer.build(self.trainable_variables)
+            self._build_optimizer()
             return buffered(None, data)[0]
 
         self.train_function = self._host_loop(step)
