@@ -444,7 +444,10 @@ class PassChooser:
     ladder (each when first used), and this calls them in Python, with one
     host synchronisation per step: the selection's counts when the step runs
     one, else the whole-batch step's count of samples that needed a backward
-    pass; either decides whether the next step runs a selection pass.
+    pass; either decides whether the next step runs a selection pass. (With
+    `costs`, until a selection pass is compiled, the step after the next:
+    the host reads a whole-batch step's count after it has started the next
+    step, so that it does not wait for the device.)
 
     Called as `chooser(*args)`, with the compiled functions' arguments.
 
@@ -483,6 +486,7 @@ class PassChooser:
         """Reads the choice of the next step from the state (e.g. when `fit`
         starts: the weights or the state may have been loaded since)."""
         self._last_counts = None
+        self._pending_counts = None
         if self._costs is not None:
             self._costs.reset()
 
@@ -514,8 +518,16 @@ class PassChooser:
         if self._costs is not None:
             self._costs.ran(1 + branch if selected else 0, compilations)
         outputs = self._steps[branch](*args, selection)
+        pending, self._pending_counts = self._pending_counts, None
         if not selected:
-            self._last_counts = self._fetch(self._read_counts(args, outputs)).tolist()
+            counts = _stacked(self._read_counts(args, outputs))
+            if self._costs is not None and batch_size not in self._selecting:
+                # `"auto"` before it runs a selection pass: every step trains
+                # the whole batch, so it reads the counts one step late, and
+                # the host prepares the next batch while this step runs.
+                counts, self._pending_counts = pending, counts
+            if counts is not None:
+                self._last_counts = self._fetch(counts).tolist()
         return outputs
 
     def _stand_in(self, branch, batch_size, planned=None):
@@ -554,7 +566,13 @@ class PassChooser:
     def _fetch(values):
         """`values` on the host: the host synchronisation, once per step
         (and once more at the first step after `reset`)."""
-        return ops.convert_to_numpy(ops.stack(values) if isinstance(values, tuple) else values)
+        return ops.convert_to_numpy(_stacked(values))
+
+
+def _stacked(values):
+    """A tuple of counts as one new tensor (a step may donate the state they
+    come from), or the tensor of counts."""
+    return ops.stack(values) if isinstance(values, tuple) else values
 
 
 def run_cond(condition, true_fn, false_fn, operands=()):

@@ -416,9 +416,10 @@ def test_auto_compiles_a_size_once_it_pays():
             continue
         # Compiled (the selection pass with it: no step ran a selection pass
         # before) once what it would have saved reached the cost, counted
-        # from the step after the first that needed 5 samples.
+        # from the second step after the first that needed 5 samples (until
+        # a selection pass is compiled, the counts are read one step late).
         assert set(keys[: keys.index(4)]) == {0}
-        waited = keys.index(4) - 10
+        waited = keys.index(4) - 11
         assert cost <= waited * saving < cost + saving, waited
         # Ski rental: at most twice the better of the two choices in hindsight
         # (compile at once, or never), exploration steps aside.
@@ -433,6 +434,40 @@ def test_auto_compiles_a_size_once_it_pays():
         costs.remaining_steps = 10 + stretch
         keys = run_pass_chooser([64] * 10 + [5] * stretch, costs)
         assert set(keys) == ({0, 4} if compiles else {0})
+
+
+@pytest.mark.parametrize("auto", [True, False])
+def test_whole_batch_steps_read_their_counts_once(monkeypatch, auto):
+    # Each step trains the whole batch (no batch needs a selection pass).
+    # `skip_masked=True` reads each step's counts after it; `"auto"`, until
+    # it compiles a selection pass, one step late, so that the host does not
+    # wait for a step before it starts the next. One read a step either way,
+    # and one more for the first step's choice, from the state.
+    events = []
+    fetch = PassChooser._fetch
+
+    def read(values):
+        events.append(("read", int(fetch(values)[0])))
+        return fetch(values)
+
+    monkeypatch.setattr(PassChooser, "_fetch", staticmethod(read))
+    chooser = PassChooser(
+        select=None,
+        compile_step=lambda branch: lambda batch, selection: events.append(("step", batch[0]))
+        or batch[0],
+        read_counts=lambda args, step: np.array([64 if step is None else 60 + step, 64]),
+        costs=ScriptedCosts(lambda key: 1.0) if auto else None,
+    )
+    for step in range(4):
+        chooser(np.full(64, step))
+    read = [("read", 64)]  # The first step's choice, from the state.
+    if auto:
+        expected = read + [("step", 0), ("step", 1), ("read", 60), ("step", 2), ("read", 61)]
+        expected += [("step", 3), ("read", 62)]
+    else:
+        expected = read + [("step", 0), ("read", 60), ("step", 1), ("read", 61)]
+        expected += [("step", 2), ("read", 62), ("step", 3), ("read", 63)]
+    assert events == expected
 
 
 def test_auto_estimates_a_new_size_from_the_measured_ones():
