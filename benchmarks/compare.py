@@ -21,7 +21,7 @@ the backend sees one.
 Data sets (`--dataset`), each an example's data and model, with their
 default budgets (`--epochs`, `--batch-size`, `--train-size` override them):
   fashion_mnist  Fashion-MNIST, small CNN (examples/fashion_mnist.py): the
-                 first 1000 training images, 12 epochs, batch 128, the first
+                 first 1000 training images, 10 epochs, batch 128, the first
                  1000 test images validate (default)
   digits         scikit-learn's bundled 8x8 digits, small CNN
                  (examples/digits.py): 30 epochs, batch 32
@@ -47,7 +47,7 @@ EXAMPLES = {"digits": digits, "fashion_mnist": fashion_mnist, "wordnet": wordnet
 
 # `--dataset`'s budget unless the command line gives one: epochs, batch
 # size, training samples (None: all); and the validation samples (None: all).
-BUDGETS = {"fashion_mnist": (12, 128, 1000, 1000), "digits": (30, 32, None, None),
+BUDGETS = {"fashion_mnist": (10, 128, 1000, 1000), "digits": (30, 32, None, None),
            "wordnet": (30, 32, None, None)}
 
 
