@@ -447,8 +447,9 @@ def test_whole_batch_steps_read_their_counts_once(monkeypatch, auto):
     fetch = PassChooser._fetch
 
     def read(values):
-        events.append(("read", int(fetch(values)[0])))
-        return fetch(values)
+        counts = fetch(values)
+        events.append(("read", int(counts[0])))
+        return counts
 
     monkeypatch.setattr(PassChooser, "_fetch", staticmethod(read))
     chooser = PassChooser(
@@ -460,12 +461,12 @@ def test_whole_batch_steps_read_their_counts_once(monkeypatch, auto):
     )
     for step in range(4):
         chooser(np.full(64, step))
-    read = [("read", 64)]  # The first step's choice, from the state.
+    first = [("read", 64)]  # The first step's choice, from the state.
     if auto:
-        expected = read + [("step", 0), ("step", 1), ("read", 60), ("step", 2), ("read", 61)]
+        expected = first + [("step", 0), ("step", 1), ("read", 60), ("step", 2), ("read", 61)]
         expected += [("step", 3), ("read", 62)]
     else:
-        expected = read + [("step", 0), ("read", 60), ("step", 1), ("read", 61)]
+        expected = first + [("step", 0), ("read", 60), ("step", 1), ("read", 61)]
         expected += [("step", 2), ("read", 62), ("step", 3), ("read", 63)]
     assert events == expected
 
